@@ -1,0 +1,51 @@
+"""Per-token KL estimators and weight diagnostics on sampled tokens.
+
+With ``x ~ q`` and ``log_ratio = log p(x) - log q(x)``, Schulman's estimators of
+``KL(q || p)`` are k1 = ``-log_ratio`` (unbiased, high variance), k2 = ``log_ratio**2 / 2``
+(biased, low variance) and k3 = ``exp(log_ratio) - 1 - log_ratio`` (unbiased, >= 0).
+For the actor-policy mismatch ``q = p_inf`` (tokens were sampled from it) and ``p`` the policy.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["effective_sample_size", "kl_k1", "kl_k2", "kl_k3", "masked_mean"]
+
+# verl clamps log-ratios to +-20 before exp; a larger |log ratio| carries no usable signal.
+LOG_RATIO_CLAMP = 20.0
+
+
+def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """Mean of ``values`` over ``mask == 1`` -> scalar; 0 (not NaN) for an empty mask."""
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def kl_k1(logp_sampler: Tensor, logp_other: Tensor) -> Tensor:
+    """k1 estimate of ``KL(sampler || other)`` per token: ``log q(x) - log p(x)``."""
+    return logp_sampler - logp_other
+
+
+def kl_k2(logp_sampler: Tensor, logp_other: Tensor) -> Tensor:
+    """k2 estimate of ``KL(sampler || other)`` per token: ``(log p(x) - log q(x))**2 / 2``."""
+    return 0.5 * (logp_other - logp_sampler) ** 2
+
+
+def kl_k3(logp_sampler: Tensor, logp_other: Tensor) -> Tensor:
+    """k3 estimate of ``KL(sampler || other)`` per token: ``r - 1 - log r``, ``r = p/q``."""
+    log_r = (logp_other - logp_sampler).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    return torch.expm1(log_r) - log_r
+
+
+def effective_sample_size(weights: Tensor, mask: Tensor) -> Tensor:
+    """Normalised ESS ``(sum w)^2 / (n sum w^2)`` in ``[0, 1]`` over ``mask`` -> scalar.
+
+    1 for equal weights, ``1/n`` when one weight dominates; 0 when every weight is 0.
+    """
+    mask = mask.to(weights.dtype)
+    w = weights * mask
+    n = mask.sum().clamp(min=1.0)
+    sq = (w * w).sum()
+    return torch.where(sq > 0, w.sum() ** 2 / (n * sq.clamp(min=torch.finfo(sq.dtype).tiny)), 0.0)

@@ -1,0 +1,158 @@
+"""The ``Sampler`` interface: per-token quantities in, 0/1 mask and detached weights out.
+
+A sampler never sees a model, only tensors, so the same code runs on logits from
+transformers, on a rollout file written by another engine, or on a test's numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field, fields
+from typing import ClassVar, Literal
+
+import torch
+from torch import Tensor
+
+from jackpot.functional import effective_sample_size, kl_k1, kl_k3, masked_mean
+
+__all__ = ["Sampler", "SamplerInput", "SamplerOutput", "SamplerParameterError", "check_range"]
+
+PTarget = Literal["ref", "new"]
+
+
+class SamplerParameterError(ValueError):
+    """A sampler parameter is outside its allowed range; the message names both."""
+
+
+def check_range(
+    sampler: str,
+    name: str,
+    value: float,
+    *,
+    low: float = -math.inf,
+    high: float = math.inf,
+    low_open: bool = True,
+    high_open: bool = False,
+) -> float:
+    """Return ``value`` as a float, or raise naming the parameter, the value and its range."""
+    v = float(value)
+    ok = not math.isnan(v)
+    ok = ok and (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
+    if not ok:
+        lo = "(" if low_open else "["
+        hi = ")" if high_open else "]"
+        raise SamplerParameterError(
+            f"sampler {sampler!r}: {name}={value!r} is out of range; allowed {name} in "
+            f"{lo}{low:g}, {high:g}{hi}"
+        )
+    return v
+
+
+@dataclass
+class SamplerInput:
+    """Per-token quantities of one batch of rollouts; ``(B, T)`` unless stated.
+
+    Log-probs are of the *sampled* token ``a_t``: under ``p_inf`` (the distribution it was
+    really drawn from), ``p_ref`` (policy before the update) and ``p_target`` (what OBRS aligns
+    to: ``p_ref`` or the detached ``p_new``). Optional extras feed the normaliser ``Z``:
+    ``topk_*`` ``(B, T, m)`` the candidate set ``topk(p_inf) ∪ topk(p_new)`` with both
+    log-probs (``-inf`` where p_inf is unknown), or full ``logits_*`` ``(B, T, V)`` of the
+    sampling distribution of ``p_inf`` and of ``p_target`` for the exact paths.
+    """
+
+    logp_inf: Tensor
+    logp_ref: Tensor
+    logp_target: Tensor
+    response_mask: Tensor
+    topk_ids: Tensor | None = None
+    topk_logp_inf: Tensor | None = None
+    topk_logp_target: Tensor | None = None
+    logits_inf: Tensor | None = None
+    logits_target: Tensor | None = None
+    generator: torch.Generator | None = None
+
+    def validate(self) -> None:
+        """Check shapes agree and masks are 0/1; raise ``ValueError`` naming the field."""
+        shape = self.logp_inf.shape
+        if len(shape) != 2:
+            raise ValueError(f"logp_inf must be (B, T), got shape {tuple(shape)}")
+        for f in ("logp_ref", "logp_target", "response_mask"):
+            t = getattr(self, f)
+            if t.shape != shape:
+                raise ValueError(f"{f} must have shape {tuple(shape)}, got {tuple(t.shape)}")
+        m = self.response_mask
+        if not bool(((m == 0) | (m == 1)).all()):
+            raise ValueError("response_mask must hold only 0 and 1")
+        topk = [getattr(self, f.name) for f in fields(self) if f.name.startswith("topk_")]
+        if any(t is not None for t in topk):
+            if any(t is None for t in topk):
+                raise ValueError("topk_ids, topk_logp_inf and topk_logp_target go together")
+            for f in ("topk_ids", "topk_logp_inf", "topk_logp_target"):
+                t = getattr(self, f)
+                if t.shape[:2] != shape or t.shape != topk[0].shape:
+                    raise ValueError(f"{f} must have shape (B, T, m) = {tuple(shape)} + (m,)")
+        for f in ("logits_inf", "logits_target"):
+            t = getattr(self, f)
+            if t is not None and t.shape[:2] != shape:
+                raise ValueError(f"{f} must have shape (B, T, V) with (B, T) = {tuple(shape)}")
+
+
+@dataclass
+class SamplerOutput:
+    """What a sampler decides for a batch; all ``(B, T)`` and detached.
+
+    ``mask``: 1 for tokens that enter the loss (accepted and inside the response);
+    ``weights``: the per-token weight ``rho_t`` (0 where ``mask`` is 0);
+    ``norm_mask``: the positions the loss is normalised by (accepted tokens, or every
+    proposed response token for the unbiased "proposal" aggregation);
+    ``metrics``: scalar tensors under namespaced keys (``obrs/accept_rate``, ...).
+    """
+
+    mask: Tensor
+    weights: Tensor
+    norm_mask: Tensor
+    metrics: dict[str, Tensor] = field(default_factory=dict)
+
+
+class Sampler(ABC):
+    """Base class: validates the input, calls :meth:`sample`, detaches, adds shared metrics.
+
+    Subclasses set ``name`` and implement :meth:`sample`; their ``__init__`` takes the
+    parameters by keyword and checks them with :func:`check_range`. ``p_target`` says which
+    policy the trainer passes as ``logp_target``; ``"new"`` means the sampler is re-run for
+    every minibatch with the current (detached) policy (paper, Algorithm 1).
+    """
+
+    name: ClassVar[str] = "sampler"
+    p_target: PTarget = "ref"
+
+    def __call__(self, batch: SamplerInput) -> SamplerOutput:
+        """Run the sampler on ``batch`` and return mask, weights and metrics, all detached."""
+        batch.validate()
+        with torch.no_grad():
+            out = self.sample(batch)
+            mask = out.mask.to(batch.logp_inf.dtype) * batch.response_mask
+            weights = torch.nan_to_num(out.weights.detach(), nan=0.0, posinf=0.0) * mask
+            metrics = {
+                "sampler/keep_rate": masked_mean(mask, batch.response_mask),
+                "weights/mean": masked_mean(weights, mask),
+                "weights/max": weights.max() if weights.numel() else weights.new_zeros(()),
+                "weights/ess": effective_sample_size(weights, mask),
+                "mismatch/kl_k1": masked_mean(
+                    kl_k1(batch.logp_inf, batch.logp_target), batch.response_mask
+                ),
+                "mismatch/kl_k3": masked_mean(
+                    kl_k3(batch.logp_inf, batch.logp_target), batch.response_mask
+                ),
+            }
+            metrics.update({k: v.detach() for k, v in out.metrics.items()})
+        return SamplerOutput(mask, weights, out.norm_mask.to(mask.dtype).detach(), metrics)
+
+    @abstractmethod
+    def sample(self, batch: SamplerInput) -> SamplerOutput:
+        """Decide mask, weights and normaliser positions for a validated batch."""
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({params})"

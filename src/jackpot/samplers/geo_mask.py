@@ -1,0 +1,29 @@
+"""``geo_mask``: drop a sequence whose geometric-mean ratio leaves ``[alpha, beta]`` (verl)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from jackpot.functional import geo_mean_log_ratio
+from jackpot.samplers.base import Sampler, SamplerInput, SamplerOutput, check_range
+
+
+class GeometricMask(Sampler):
+    """Sequence rejection by the mean token log-ratio; kept tokens have weight 1."""
+
+    name = "geo_mask"
+
+    def __init__(self, alpha: float = 0.5, beta: float = 2.0) -> None:
+        self.alpha = check_range(self.name, "alpha", alpha, low=0.0, high=1.0, low_open=True)
+        self.beta = check_range(self.name, "beta", beta, low=1.0, high=math.inf, low_open=False)
+        if self.alpha >= self.beta:
+            raise ValueError(f"sampler 'geo_mask': need alpha < beta, got {alpha} >= {beta}")
+
+    def sample(self, batch: SamplerInput) -> SamplerOutput:
+        """Keep sequences with ``log alpha <= mean_t log ratio <= log beta``."""
+        g = geo_mean_log_ratio(batch.logp_ref, batch.logp_inf, batch.response_mask)  # (B,)
+        keep = (g >= math.log(self.alpha)) & (g <= math.log(self.beta))
+        mask = keep.to(batch.response_mask.dtype).unsqueeze(-1) * batch.response_mask
+        return SamplerOutput(mask, torch.ones_like(mask), mask)

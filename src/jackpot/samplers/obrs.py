@@ -1,0 +1,176 @@
+"""``obrs``: Jackpot's Optimal Budgeted Rejection Sampling (Chen et al., ICLR 2026, eq. 3-8).
+
+Per sampled token: accept with ``a_t = min(1, r_t/lam)``, ``r_t = p_target(a_t)/p_inf(a_t)``;
+rejected tokens leave the loss, nothing is resampled. ``lam`` is fixed or solved per batch
+so the mean acceptance equals ``budget``. Weight of an accepted token, by aggregation:
+``"accepted"`` (paper): ``w_t = Z_t max(lam, r_t)``, for a mean over accepted tokens;
+``"proposal"``: ``w_t = max(lam, r_t)``, for a mean over all proposed positions (exactly
+unbiased position by position, needs no ``Z``).
+Then ``rho_t = min(w_t, c1) min(p_ref/p_target, c2)``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from jackpot.functional import (
+    acceptance_prob,
+    batch_lambda,
+    draw_accept,
+    kappa,
+    kl_k1,
+    kl_k3,
+    log_ratio,
+    masked_mean,
+    normalizer_from_logits,
+    proposal_weight,
+    sparse_topk_normalizer,
+)
+from jackpot.samplers.base import (
+    PTarget,
+    Sampler,
+    SamplerInput,
+    SamplerOutput,
+    SamplerParameterError,
+    check_range,
+)
+
+Aggregation = Literal["accepted", "proposal"]
+KappaEstimator = Literal["prob", "count"]
+
+
+class OBRS(Sampler):
+    """Jackpot's sampler: fixed ``lam`` or a ``budget``; exact or top-k ``Z`` with ``kappa``.
+
+    ``topk=None`` computes ``Z_t`` exactly from full logits; ``topk=k`` uses the candidate set
+    of the input (``topk(p_inf) ∪ topk(p_new)``) and rescales by the batch ``kappa``
+    (``kappa_estimator``: ``"prob"`` mean acceptance probability, lower variance; ``"count"``
+    the paper's accepted/proposed). The ``"proposal"`` aggregation needs no ``Z``.
+    """
+
+    name = "obrs"
+
+    def __init__(
+        self,
+        lam: float | None = None,
+        budget: float | None = None,
+        topk: int | None = None,
+        p_target: PTarget = "ref",
+        c1: float = 5.0,
+        c2: float = 5.0,
+        aggregation: Aggregation = "accepted",
+        kappa_estimator: KappaEstimator = "prob",
+        chunk_size: int = 1024,
+    ) -> None:
+        if (lam is None) == (budget is None):
+            raise SamplerParameterError(
+                f"sampler 'obrs': set exactly one of lam (> 0) and budget (in (0, 1]); "
+                f"got lam={lam!r}, budget={budget!r}"
+            )
+        self.lam = (
+            None if lam is None else check_range(self.name, "lam", lam, low=0.0, high_open=True)
+        )
+        self.budget = (
+            None if budget is None else check_range(self.name, "budget", budget, low=0.0, high=1.0)
+        )
+        self.topk = (
+            None
+            if topk is None
+            else int(check_range(self.name, "topk", topk, low=1, low_open=False))
+        )
+        self.p_target = _choice("p_target", p_target, ("ref", "new"))  # type: ignore[assignment]
+        self.c1 = check_range(self.name, "c1", c1, low=0.0)
+        self.c2 = check_range(self.name, "c2", c2, low=0.0)
+        self.aggregation = _choice("aggregation", aggregation, ("accepted", "proposal"))
+        self.kappa_estimator = _choice("kappa_estimator", kappa_estimator, ("prob", "count"))
+        self.chunk_size = int(
+            check_range(self.name, "chunk_size", chunk_size, low=1, low_open=False)
+        )
+
+    def sample(self, batch: SamplerInput) -> SamplerOutput:
+        """Accept/reject every response token and weight the accepted ones."""
+        resp = batch.response_mask
+        lam = self._lambda(batch)
+        accept_prob = acceptance_prob(batch.logp_target, batch.logp_inf, lam) * resp
+        mask = draw_accept(accept_prob, batch.generator) * resp
+        weight = proposal_weight(batch.logp_target, batch.logp_inf, lam)  # max(lam, r_t)
+        metrics: dict[str, Tensor] = {
+            "obrs/lam": torch.as_tensor(lam, dtype=weight.dtype),
+            "obrs/accept_rate": masked_mean(mask, resp),
+            "obrs/accept_prob_mean": masked_mean(accept_prob, resp),
+        }
+        z = self._normalizer(batch, lam, accept_prob, mask, metrics)
+        if z is not None:
+            log_p_obrs = torch.minimum(batch.logp_inf, batch.logp_target - math.log(lam)) - z.log()
+            kl_before = masked_mean(kl_k3(batch.logp_inf, batch.logp_target), resp)
+            metrics.update(
+                {
+                    "obrs/z_mean": masked_mean(z, resp),
+                    # Fact 6: no rule with acceptance Z_t removes more than log(1/Z_t) nats.
+                    "obrs/kl_floor": (kl_before + masked_mean(z.log(), resp)).clamp(min=0.0),
+                    "mismatch/kl_k1_after": masked_mean(kl_k1(log_p_obrs, batch.logp_target), mask),
+                    "mismatch/kl_k3_after": masked_mean(kl_k3(log_p_obrs, batch.logp_target), mask),
+                }
+            )
+        if self.aggregation == "accepted":
+            if z is None:
+                raise ValueError(
+                    "sampler 'obrs' with aggregation='accepted' needs Z: pass full logits "
+                    "(topk=None) or top-k candidates (topk=k), or use aggregation='proposal'"
+                )
+            weight = z * weight
+            norm_mask = mask
+        else:
+            norm_mask = resp
+        c2_factor = log_ratio(batch.logp_ref, batch.logp_target).exp().clamp(max=self.c2)
+        rho = weight.clamp(max=self.c1) * c2_factor
+        return SamplerOutput(mask, rho, norm_mask, metrics)
+
+    def _lambda(self, batch: SamplerInput) -> float:
+        """The fixed ``lam``, or the batch ``lam`` whose mean acceptance equals ``budget``."""
+        if self.lam is not None:
+            return self.lam
+        assert self.budget is not None
+        log_r = batch.logp_target - batch.logp_inf
+        return float(batch_lambda(log_r, batch.response_mask, self.budget))
+
+    def _normalizer(
+        self,
+        batch: SamplerInput,
+        lam: float,
+        accept_prob: Tensor,
+        mask: Tensor,
+        metrics: dict[str, Tensor],
+    ) -> Tensor | None:
+        """``Z_t`` ``(B, T)``: exact from logits, or ``kappa * Z_approx`` from top-k; else None."""
+        if self.topk is None:
+            if batch.logits_target is None or batch.logits_inf is None:
+                return None
+            return normalizer_from_logits(
+                batch.logits_target, batch.logits_inf, lam, chunk_size=self.chunk_size
+            ).to(batch.logp_inf.dtype)
+        if batch.topk_ids is None:
+            return None
+        assert batch.topk_logp_target is not None and batch.topk_logp_inf is not None
+        z_approx = sparse_topk_normalizer(
+            batch.topk_ids, batch.topk_logp_target, batch.topk_logp_inf, lam
+        )
+        acceptance = accept_prob if self.kappa_estimator == "prob" else mask
+        k = kappa(acceptance, z_approx, batch.response_mask)
+        metrics["obrs/kappa"] = k
+        metrics["obrs/z_approx_mean"] = masked_mean(z_approx, batch.response_mask)
+        # kappa * Z_approx estimates Z_t; it cannot exceed 1 (Z is an acceptance rate).
+        return (k * z_approx).clamp(min=torch.finfo(z_approx.dtype).tiny, max=1.0)
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
+    """Return ``value`` if allowed, else raise naming the parameter and the choices."""
+    if value not in allowed:
+        raise SamplerParameterError(
+            f"sampler 'obrs': {name}={value!r} is not allowed; choose one of {list(allowed)}"
+        )
+    return value

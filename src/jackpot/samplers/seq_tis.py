@@ -1,0 +1,25 @@
+"""``seq_tis``: one truncated weight per sequence, ``min(prod_t p_ref/p_inf, cap)`` (verl)."""
+
+from __future__ import annotations
+
+import math
+
+from jackpot.functional import seq_log_ratio
+from jackpot.functional.estimators import LOG_RATIO_CLAMP
+from jackpot.samplers.base import Sampler, SamplerInput, SamplerOutput, check_range
+
+
+class SequenceTIS(Sampler):
+    """Sequence-level truncated IS: the sum of log-ratios is clamped to +-20 before exp."""
+
+    name = "seq_tis"
+
+    def __init__(self, cap: float = 2.0) -> None:
+        self.cap = check_range(self.name, "cap", cap, low=0.0, high=math.inf, high_open=True)
+
+    def sample(self, batch: SamplerInput) -> SamplerOutput:
+        """Broadcast each sequence's truncated ratio over its response tokens."""
+        mask = batch.response_mask
+        log_w = seq_log_ratio(batch.logp_ref, batch.logp_inf, mask)  # (B,)
+        w_seq = log_w.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP).exp().clamp(max=self.cap)
+        return SamplerOutput(mask, w_seq.unsqueeze(-1).expand_as(mask), mask)
