@@ -7,7 +7,13 @@ import math
 import torch
 
 from jackpot.functional import geo_mean_log_ratio
-from jackpot.samplers.base import Sampler, SamplerInput, SamplerOutput, check_range
+from jackpot.samplers.base import (
+    Sampler,
+    SamplerInput,
+    SamplerOutput,
+    SamplerParameterError,
+    check_range,
+)
 
 
 class GeometricMask(Sampler):
@@ -19,7 +25,9 @@ class GeometricMask(Sampler):
         self.alpha = check_range(self.name, "alpha", alpha, low=0.0, high=1.0, low_open=True)
         self.beta = check_range(self.name, "beta", beta, low=1.0, high=math.inf, low_open=False)
         if self.alpha >= self.beta:
-            raise ValueError(f"sampler 'geo_mask': need alpha < beta, got {alpha} >= {beta}")
+            raise SamplerParameterError(
+                f"sampler 'geo_mask': need alpha < beta, got {alpha} >= {beta}"
+            )
 
     def sample(self, batch: SamplerInput) -> SamplerOutput:
         """Keep sequences with ``log alpha <= mean_t log ratio <= log beta``."""

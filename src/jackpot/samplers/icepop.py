@@ -5,7 +5,13 @@ from __future__ import annotations
 import math
 
 from jackpot.functional import icepop_mask, is_weight
-from jackpot.samplers.base import Sampler, SamplerInput, SamplerOutput, check_range
+from jackpot.samplers.base import (
+    Sampler,
+    SamplerInput,
+    SamplerOutput,
+    SamplerParameterError,
+    check_range,
+)
 
 
 class IcePop(Sampler):
@@ -17,7 +23,9 @@ class IcePop(Sampler):
         self.alpha = check_range(self.name, "alpha", alpha, low=0.0, high=1.0, low_open=False)
         self.beta = check_range(self.name, "beta", beta, low=1.0, high=math.inf, low_open=False)
         if self.alpha >= self.beta:
-            raise ValueError(f"sampler 'icepop': need alpha < beta, got {alpha} >= {beta}")
+            raise SamplerParameterError(
+                f"sampler 'icepop': need alpha < beta, got {alpha} >= {beta}"
+            )
 
     def sample(self, batch: SamplerInput) -> SamplerOutput:
         """Mask tokens outside the band; weight the rest by their ratio."""

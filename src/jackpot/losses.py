@@ -1,0 +1,463 @@
+"""Losses of jackpot: group advantages, aggregation, the OBRS-weighted PPO loss, distillation.
+
+Pure torch (no Lightning, transformers or omegaconf). Conventions: per-token tensors are
+``(B, T)`` over response positions, masks are float 0/1 ``(B, T)``, log-probs are natural logs,
+logits are ``(B, T, V)``. Objectives are maximised, losses minimised: ``loss = -objective``.
+
+Paper: Chen et al., "Jackpot", arXiv 2602.06107, eq. 5-8 (see docs/jackpot-math.md). Where verl
+has the same quantity (``verl/trainer/ppo/core_algos.py``) the definition matches it, or the
+docstring says how it differs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal, cast
+
+import torch
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+__all__ = [
+    "ADVANTAGE_MODES",
+    "AGG_MODES",
+    "KL_DIRECTIONS",
+    "AdvantageMode",
+    "AggMode",
+    "KLDirection",
+    "aggregate",
+    "broadcast_to_tokens",
+    "distill_kl_full",
+    "distill_kl_topk",
+    "group_advantages",
+    "policy_loss",
+    "ppo_surrogate",
+    "rollout_model_loss",
+]
+
+AdvantageMode = Literal["grpo", "drgrpo", "rloo"]
+AggMode = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
+KLDirection = Literal["forward", "reverse"]
+ADVANTAGE_MODES: tuple[str, ...] = ("grpo", "drgrpo", "rloo")
+AGG_MODES: tuple[str, ...] = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+KL_DIRECTIONS: tuple[str, ...] = ("forward", "reverse")
+
+# verl clamps log-ratios to +-20 before exp; beyond that the ratio carries no usable signal.
+_LOG_RATIO_CLAMP = 20.0
+# Floor on the teacher's "other" mass in the top-k reverse KL: 1 - sum(top-k probs) is only
+# known to ~k * fp32 eps, and a 0 there would make KL(p_w || p_new) infinite.
+_OTHER_MASS_FLOOR = 1e-8
+
+
+# --------------------------------------------------------------------------- validation helpers
+
+
+def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
+
+
+def _check_same_shape(**tensors: Tensor) -> None:
+    shapes = {name: tuple(t.shape) for name, t in tensors.items()}
+    if len(set(shapes.values())) > 1:
+        listed = ", ".join(f"{name}={shape}" for name, shape in shapes.items())
+        raise ValueError(f"shapes must match: {listed}")
+
+
+def _check_positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+
+
+def _check_clip(clip_eps: float, clip_eps_high: float | None) -> None:
+    if not 0 < clip_eps < 1:
+        raise ValueError(f"clip_eps must be in (0, 1), got {clip_eps}")
+    if clip_eps_high is not None and not clip_eps_high > 0:
+        raise ValueError(f"clip_eps_high must be > 0 or None, got {clip_eps_high}")
+
+
+def _acc_dtype(t: Tensor) -> torch.dtype:
+    """Accumulation dtype of a KL: float64 stays float64, anything else (bf16, fp16) -> fp32."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _safe_ratio(num: Tensor, den: Tensor) -> Tensor:
+    """``num / den`` where ``den > 0``, else an exact 0 that keeps ``num``'s grad_fn."""
+    ok = den > 0
+    return torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), num * 0.0)
+
+
+# --------------------------------------------------------------------------------- advantages
+
+
+def group_advantages(
+    rewards: Tensor, group_ids: Tensor, mode: AdvantageMode = "grpo", eps: float = 1e-6
+) -> Tensor:
+    """Group-relative advantages of one scalar reward per response ``(N,)`` -> ``(N,)``.
+
+    ``grpo``: ``(R - mean_g) / (std_g + eps)`` with the unbiased std (verl
+    ``compute_grpo_outcome_advantage``); ``drgrpo``: ``R - mean_g`` (Dr.GRPO, no std);
+    ``rloo``: ``R_i - mean_{j != i} R_j``, which equals verl's ``G/(G-1) * (R_i - mean_g)``.
+    Groups may be ragged. A group of size 1 gets advantage 0 (verl instead passes ``R`` or
+    ``R/(1+eps)`` through); all-equal rewards give exactly 0. Computed in float64, no grad.
+    """
+    _check_choice("mode", mode, ADVANTAGE_MODES)
+    _check_positive("eps", eps)
+    if rewards.dim() != 1 or group_ids.shape != rewards.shape:
+        raise ValueError(
+            f"rewards and group_ids must both be (N,), got {tuple(rewards.shape)} "
+            f"and {tuple(group_ids.shape)}"
+        )
+    if (
+        group_ids.dtype.is_floating_point
+        or group_ids.dtype.is_complex
+        or group_ids.dtype == torch.bool
+    ):
+        raise ValueError(f"group_ids must be an integer tensor, got dtype {group_ids.dtype}")
+    out_dtype = rewards.dtype if rewards.dtype.is_floating_point else torch.get_default_dtype()
+    r = rewards.detach().to(torch.float64)
+    uniq, inv = torch.unique(group_ids, return_inverse=True)  # inv: (N,) group index in [0, G)
+    zeros = r.new_zeros(uniq.numel())  # (G,)
+    count = zeros.index_add(0, inv, torch.ones_like(r))  # (G,)
+    # Shift by a member of each group before averaging: all-equal groups become exact zeros
+    # (a plain mean can round, and GRPO's 1/(std + eps) would blow the rounding up).
+    ref = torch.full_like(zeros, float("-inf")).scatter_reduce(0, inv, r, reduce="amax")
+    shifted = r - ref[inv]
+    dev = shifted - (zeros.index_add(0, inv, shifted) / count)[inv]  # R - mean_g, (N,)
+    n = count[inv]
+    if mode == "grpo":
+        var = zeros.index_add(0, inv, dev.square()) / (count - 1).clamp(min=1)  # unbiased
+        adv = dev / (var.sqrt()[inv] + eps)
+    elif mode == "drgrpo":
+        adv = dev
+    else:  # rloo: R_i - (S - R_i)/(G - 1) = G/(G - 1) * (R_i - S/G)
+        adv = dev * n / (n - 1).clamp(min=1)
+    return torch.where(n > 1, adv, torch.zeros_like(adv)).to(out_dtype)
+
+
+def broadcast_to_tokens(advantages: Tensor, response_mask: Tensor) -> Tensor:
+    """Copy each response's advantage ``(N,)`` onto its response tokens -> ``(N, T)``."""
+    if advantages.dim() != 1 or response_mask.dim() != 2 or len(advantages) != len(response_mask):
+        raise ValueError(
+            f"need advantages (N,) and response_mask (N, T), got {tuple(advantages.shape)} "
+            f"and {tuple(response_mask.shape)}"
+        )
+    return advantages[:, None] * response_mask.to(advantages.dtype)
+
+
+# -------------------------------------------------------------------------------- aggregation
+
+
+def aggregate(
+    values: Tensor,
+    loss_mask: Tensor,
+    norm_mask: Tensor,
+    mode: AggMode = "token-mean",
+    max_len: int | None = None,
+) -> Tensor:
+    """Reduce per-token ``values`` ``(B, T)`` to a scalar; numerator over ``loss_mask``,
+    denominator counted on ``norm_mask`` (verl ``agg_loss`` with the two masks split).
+
+    - ``token-mean``: ``sum(loss_mask * v) / sum(norm_mask)``.
+    - ``seq-mean-token-mean``: mean, over sequences with ``sum_t norm_mask > 0``, of
+      ``sum_t(loss_mask * v) / sum_t norm_mask``.
+    - ``seq-mean-token-sum-norm``: mean over all ``B`` sequences of ``sum_t(loss_mask * v) /
+      max_len`` (Dr.GRPO; ``norm_mask`` unused). Current verl divides by its
+      ``loss_scale_factor`` the same way; older verl summed over sequences (``B`` times larger).
+
+    OBRS: the paper's mode passes ``norm_mask = loss_mask`` (accepted tokens) with weights
+    ``Z * max(lam, r)``; the "proposal" mode passes ``norm_mask = response_mask`` with weights
+    ``max(lam, r)``. ``loss_mask`` should lie inside ``norm_mask``. Positions outside
+    ``loss_mask`` are ignored even if ``values`` is inf/NaN there. An empty denominator (every
+    token rejected, empty responses, ``B = 0``) gives an exact 0 whose grad_fn still reaches
+    ``values`` (backward gives zero gradients), never NaN.
+    """
+    _check_choice("mode", mode, AGG_MODES)
+    if values.dim() != 2:
+        raise ValueError(f"values must be (B, T), got {tuple(values.shape)}")
+    _check_same_shape(values=values, loss_mask=loss_mask, norm_mask=norm_mask)
+    loss_mask = loss_mask.to(values.dtype)
+    norm_mask = norm_mask.to(values.dtype)
+    masked = torch.where(loss_mask != 0, values * loss_mask, torch.zeros_like(values))  # (B, T)
+    if mode == "token-mean":
+        return _safe_ratio(masked.sum(), norm_mask.sum())
+    if mode == "seq-mean-token-mean":
+        denom = norm_mask.sum(-1)  # (B,)
+        seq_means = _safe_ratio(masked.sum(-1), denom)  # (B,)
+        return _safe_ratio(seq_means.sum(), (denom > 0).sum().to(values.dtype))
+    if max_len is None or isinstance(max_len, bool) or not max_len > 0:
+        raise ValueError(f"max_len must be a positive int for mode {mode!r}, got {max_len}")
+    return masked.sum() / (max_len * max(values.shape[0], 1))
+
+
+# ---------------------------------------------------------------------------------------- PPO
+
+
+def ppo_surrogate(
+    logp_new: Tensor,
+    logp_old: Tensor,
+    advantages: Tensor,
+    clip_eps: float = 0.2,
+    clip_eps_high: float | None = None,
+    clip: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """PPO's clipped objective per token (to maximise) and where clipping is active, ``(B, T)``.
+
+    ``min(r A, clip(r, 1 - clip_eps, 1 + clip_eps_high) A)`` with ``r = exp(logp_new -
+    logp_old)``, the log-ratio clamped to [-20, 20] first (as verl). ``clip=False`` is the
+    paper's no-clip ablation: ``r A``. ``clipped`` is True where the clipped branch is strictly
+    smaller (verl's ``pg_clipfrac``). verl's dual-clip (``clip_ratio_c``) is not applied.
+    """
+    _check_clip(clip_eps, clip_eps_high)
+    _check_same_shape(logp_new=logp_new, logp_old=logp_old, advantages=advantages)
+    high = clip_eps if clip_eps_high is None else clip_eps_high
+    ratio = torch.exp(torch.clamp(logp_new - logp_old, -_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP))
+    unclipped = ratio * advantages
+    if not clip:
+        return unclipped, torch.zeros_like(unclipped, dtype=torch.bool)
+    clipped_obj = torch.clamp(ratio, 1.0 - clip_eps, 1.0 + high) * advantages
+    return torch.minimum(unclipped, clipped_obj), clipped_obj < unclipped
+
+
+def policy_loss(
+    logp_new: Tensor,
+    logp_old: Tensor,
+    advantages: Tensor,
+    loss_mask: Tensor,
+    norm_mask: Tensor,
+    weights: Tensor | None,
+    *,
+    clip_eps: float = 0.2,
+    clip_eps_high: float | None = None,
+    clip: bool = True,
+    agg: AggMode = "token-mean",
+    max_len: int | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Jackpot's policy loss (spec "Losses"): ``-agg_t[m_t rho_t min(r_t A_t, clip(r_t) A_t)]``.
+
+    All per-token ``(B, T)``. ``loss_mask`` = OBRS accepted mask x response mask; ``norm_mask``
+    per :func:`aggregate` (the weights must match it); ``weights`` = rho (detached here; None
+    means 1). Stats (detached scalars): ``clip_frac`` = share of ``loss_mask`` tokens where
+    clipping is active, ``approx_kl`` = k3 estimate of ``KL(p_old || p_new)`` on those tokens
+    (verl's ``ppo_kl`` is k1; the tokens come from p_inf, so it is a diagnostic). Empty
+    ``loss_mask`` gives 0 for both.
+    """
+    _check_same_shape(logp_new=logp_new, loss_mask=loss_mask, norm_mask=norm_mask)
+    objective, clipped = ppo_surrogate(
+        logp_new, logp_old, advantages, clip_eps, clip_eps_high, clip
+    )
+    if weights is not None:
+        _check_same_shape(logp_new=logp_new, weights=weights)
+        objective = objective * weights.detach()
+    loss = -aggregate(objective, loss_mask, norm_mask, agg, max_len)
+    with torch.no_grad():
+        mask = loss_mask.to(logp_new.dtype)
+        n_tok = mask.sum()
+        log_ratio = torch.clamp(logp_new - logp_old, -_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)
+        k3 = torch.expm1(log_ratio) - log_ratio  # k3 of KL(old || new); see functional.kl_k3
+        stats = {
+            "clip_frac": _safe_ratio((clipped.to(mask.dtype) * mask).sum(), n_tok),
+            "approx_kl": _safe_ratio(torch.where(mask != 0, k3 * mask, 0.0).sum(), n_tok),
+        }
+    return loss, stats
+
+
+def rollout_model_loss(
+    logp_w: Tensor,
+    logp_w_old: Tensor,
+    logp_inf: Tensor,
+    advantages: Tensor,
+    response_mask: Tensor,
+    *,
+    tis_cap: float = 2.0,
+    clip_eps: float = 0.2,
+    clip_eps_high: float | None = None,
+    clip: bool = True,
+    agg: AggMode = "token-mean",
+    max_len: int | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """PPO loss for the rollout model p_w (spec "Losses"), truncated-IS corrected, no OBRS.
+
+    Ratio ``p_w / p_w_old``; weight ``min(p_w_old / p_inf, tis_cap)`` (detached; verl's token
+    TIS: log-ratio clamped to +-20, truncated from above only); ``loss_mask = norm_mask =
+    response_mask``. All ``(B, T)``. Stats: those of :func:`policy_loss` plus ``tis_mean`` and
+    ``tis_capped_frac`` over response tokens.
+    """
+    _check_positive("tis_cap", tis_cap)
+    _check_same_shape(logp_w=logp_w, logp_w_old=logp_w_old, logp_inf=logp_inf)
+    with torch.no_grad():
+        log_ratio = torch.clamp(logp_w_old - logp_inf, -_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)
+        raw = torch.exp(log_ratio)
+        tis = raw.clamp(max=tis_cap)
+    loss, stats = policy_loss(
+        logp_w,
+        logp_w_old,
+        advantages,
+        response_mask,
+        response_mask,
+        tis,
+        clip_eps=clip_eps,
+        clip_eps_high=clip_eps_high,
+        clip=clip,
+        agg=agg,
+        max_len=max_len,
+    )
+    with torch.no_grad():
+        mask = response_mask.to(tis.dtype)
+        n_tok = mask.sum()
+        stats["tis_mean"] = _safe_ratio((tis * mask).sum(), n_tok)
+        stats["tis_capped_frac"] = _safe_ratio(((raw > tis_cap).to(mask.dtype) * mask).sum(), n_tok)
+    return loss, stats
+
+
+# ------------------------------------------------------------------------------- distillation
+
+
+def _kl_rows_full(logits_teacher: Tensor, logits_student: Tensor, reverse: bool) -> Tensor:
+    """Per-row KL ``(n, V), (n, V) -> (n,)`` in fp32 (fp64 if given); 0 log 0 terms are 0."""
+    dtype = _acc_dtype(logits_student)
+    logp = torch.log_softmax(logits_teacher.to(dtype), dim=-1)  # (n, V)
+    logq = torch.log_softmax(logits_student.to(dtype), dim=-1)  # (n, V)
+    # Double where: 0 * log 0 terms are 0, and their gradient is 0 rather than NaN.
+    if reverse:
+        q = logq.exp()
+        return (q * torch.where(q > 0, logq - logp, 0.0)).sum(-1)
+    p = logp.exp()
+    return (p * torch.where(p > 0, logp - logq, 0.0)).sum(-1)
+
+
+def _kl_rows_topk(
+    topk_ids: Tensor, topk_logp: Tensor, logits_student: Tensor, reverse: bool
+) -> Tensor:
+    """Per-row KL on the teacher's top-k support plus one lumped "other" bucket -> ``(n,)``."""
+    s = logits_student.to(_acc_dtype(logits_student))  # (n, V)
+    lse = torch.logsumexp(s, dim=-1)  # (n,)
+    logq_k = s.gather(-1, topk_ids) - lse[:, None]  # (n, k)
+    in_support = torch.zeros_like(s, dtype=torch.bool).scatter_(-1, topk_ids, True)  # (n, V)
+    rest_empty = in_support.all(-1)  # (n,) k covers the vocabulary
+    # finfo.min, not -inf: logsumexp over all -inf has a NaN gradient.
+    rest = s.masked_fill(in_support, torch.finfo(s.dtype).min)
+    logq_o = torch.logsumexp(rest, dim=-1) - lse  # (n,), q_o == 0 exactly when rest_empty
+    logp_k = topk_logp.to(s.dtype)  # (n, k)
+    p_k = logp_k.exp()
+    p_o = (1.0 - p_k.double().sum(-1)).clamp(min=0.0).to(s.dtype)  # (n,)
+    if reverse:
+        q_k, q_o = logq_k.exp(), logq_o.exp()
+        logp_o = p_o.clamp(min=_OTHER_MASS_FLOOR).log()
+        kl = (q_k * torch.where(q_k > 0, logq_k - logp_k, 0.0)).sum(-1)
+        return kl + q_o * torch.where(q_o > 0, logq_o - logp_o, 0.0)
+    # The teacher's leftover mass is rounding noise when the student's bucket is empty (k = V).
+    p_o = torch.where(rest_empty, torch.zeros_like(p_o), p_o)
+    kl = (p_k * torch.where(p_k > 0, logp_k - logq_k, 0.0)).sum(-1)
+    return kl + p_o * torch.where(p_o > 0, p_o.log() - logq_o, 0.0)
+
+
+def _chunked_rows(
+    fn: Callable[..., Tensor], chunk_size: int, student: Tensor, *others: Tensor
+) -> Tensor:
+    """Apply a per-row function over row chunks of ``(N, ...)`` tensors -> ``(N,)``.
+
+    With grad, each chunk runs under non-reentrant activation checkpointing: backward keeps only
+    the chunk inputs (views) and recomputes one chunk at a time, so extra memory stays
+    O(chunk_size x V) in both passes, at the cost of recomputing the KL (not the models).
+    """
+    needs_grad = torch.is_grad_enabled() and student.requires_grad
+    pieces = []
+    for chunk in zip(
+        student.split(chunk_size), *(o.split(chunk_size) for o in others), strict=True
+    ):
+        if needs_grad:
+            pieces.append(cast(Tensor, checkpoint(fn, *chunk, use_reentrant=False)))
+        else:
+            pieces.append(fn(*chunk))
+    if not pieces:  # no rows: an empty (0,) result still connected to the student
+        return student.to(_acc_dtype(student)).sum(-1) * 0.0
+    return torch.cat(pieces)
+
+
+def distill_kl_full(
+    logits_teacher: Tensor,
+    logits_student: Tensor,
+    response_mask: Tensor,
+    direction: KLDirection = "forward",
+    agg: AggMode = "token-mean",
+    max_len: int | None = None,
+    chunk_size: int = 1024,
+) -> Tensor:
+    """Distillation loss (spec "Losses"): ``agg_t KL(SG(p_new) || p_w)`` from full logits.
+
+    ``logits_teacher`` (p_new, detached) and ``logits_student`` (p_w) are ``(B, T, V)`` over the
+    same vocabulary; ``direction="reverse"`` gives ``KL(p_w || SG(p_new))``. Rows are processed
+    ``chunk_size`` flattened positions at a time in fp32 (fp64 stays fp64), so there is never a
+    full ``(B, T, V)`` fp32 log_softmax copy; backward recomputes each chunk (activation
+    checkpointing), so extra memory is O(chunk_size x V) there too. Gradient reaches the student
+    only.
+    """
+    _check_choice("direction", direction, KL_DIRECTIONS)
+    _check_positive("chunk_size", chunk_size)
+    if logits_student.dim() != 3:
+        raise ValueError(f"logits must be (B, T, V), got {tuple(logits_student.shape)}")
+    _check_same_shape(logits_teacher=logits_teacher, logits_student=logits_student)
+    _check_same_shape(logits=logits_student[..., 0], response_mask=response_mask)
+    b, t, v = logits_student.shape
+    reverse = direction == "reverse"
+
+    def rows(student: Tensor, teacher: Tensor) -> Tensor:
+        return _kl_rows_full(teacher, student, reverse)
+
+    kl = _chunked_rows(
+        rows,
+        chunk_size,
+        logits_student.reshape(b * t, v),
+        logits_teacher.detach().reshape(b * t, v),
+    )
+    return aggregate(kl.reshape(b, t), response_mask, response_mask, agg, max_len)
+
+
+def distill_kl_topk(
+    teacher_topk_ids: Tensor,
+    teacher_topk_logp: Tensor,
+    student_logits: Tensor,
+    response_mask: Tensor,
+    direction: KLDirection = "forward",
+    agg: AggMode = "token-mean",
+    max_len: int | None = None,
+    chunk_size: int = 1024,
+) -> Tensor:
+    """Sparse distillation loss: the KL of :func:`distill_kl_full` on the teacher's top-k support.
+
+    ``teacher_topk_ids`` ``(B, T, k)`` (distinct per position) and ``teacher_topk_logp``
+    ``(B, T, k)`` (p_new's normalised log-probs there, detached); ``student_logits`` ``(B, T, V)``.
+    Approximation: the mass outside the k ids is lumped into one "other" bucket on both sides
+    (``1 - sum p_k`` and ``1 - sum q_k``), a coarsening that can only lower the KL (data
+    processing); exact when k = V. For the reverse KL the teacher's bucket is floored at 1e-8.
+    Chunked and checkpointed as :func:`distill_kl_full`.
+    """
+    _check_choice("direction", direction, KL_DIRECTIONS)
+    _check_positive("chunk_size", chunk_size)
+    if student_logits.dim() != 3 or teacher_topk_ids.dim() != 3:
+        raise ValueError(
+            f"need (B, T, k) ids and (B, T, V) logits, got {tuple(teacher_topk_ids.shape)} "
+            f"and {tuple(student_logits.shape)}"
+        )
+    _check_same_shape(teacher_topk_ids=teacher_topk_ids, teacher_topk_logp=teacher_topk_logp)
+    _check_same_shape(
+        ids=teacher_topk_ids[..., 0], logits=student_logits[..., 0], response_mask=response_mask
+    )
+    b, t, v = student_logits.shape
+    k = teacher_topk_ids.shape[-1]
+    if k > v:
+        raise ValueError(f"top-k size must be <= vocabulary size {v}, got k={k}")
+    reverse = direction == "reverse"
+
+    def rows(student: Tensor, ids: Tensor, logp: Tensor) -> Tensor:
+        return _kl_rows_topk(ids, logp, student, reverse)
+
+    kl = _chunked_rows(
+        rows,
+        chunk_size,
+        student_logits.reshape(b * t, v),
+        teacher_topk_ids.reshape(b * t, k).long(),
+        teacher_topk_logp.detach().reshape(b * t, k),
+    )
+    return aggregate(kl.reshape(b, t), response_mask, response_mask, agg, max_len)
