@@ -114,6 +114,12 @@ class SamplerOutput:
     norm_mask: Tensor
     metrics: dict[str, Tensor] = field(default_factory=dict)
 
+    def select(self, index: Tensor) -> SamplerOutput:
+        """Rows ``index`` of the per-token tensors (a minibatch); metrics stay batch-level."""
+        return SamplerOutput(
+            self.mask[index], self.weights[index], self.norm_mask[index], dict(self.metrics)
+        )
+
 
 class Sampler(ABC):
     """Base class: validates the input, calls :meth:`sample`, detaches, adds shared metrics.
@@ -148,6 +154,14 @@ class Sampler(ABC):
             }
             metrics.update({k: v.detach() for k, v in out.metrics.items()})
         return SamplerOutput(mask, weights, out.norm_mask.to(mask.dtype).detach(), metrics)
+
+    def needs(self) -> frozenset[str]:
+        """Optional inputs this sampler requires: ``"logits"`` (full) and/or ``"topk"``."""
+        return frozenset()
+
+    def topk_k(self) -> int:
+        """How many top p_target tokens join the candidate set (samplers that need ``topk``)."""
+        raise NotImplementedError(f"sampler {self.name!r} does not use top-k candidates")
 
     @abstractmethod
     def sample(self, batch: SamplerInput) -> SamplerOutput:

@@ -91,6 +91,16 @@ class OBRS(Sampler):
             check_range(self.name, "chunk_size", chunk_size, low=1, low_open=False)
         )
 
+    def needs(self) -> frozenset[str]:
+        """Full logits for the exact Z, top-k candidates otherwise (Z also feeds the metrics)."""
+        return frozenset({"logits"} if self.topk is None else {"topk"})
+
+    def topk_k(self) -> int:
+        """The k of ``topk(p_new)`` in the candidate set."""
+        if self.topk is None:
+            raise ValueError("sampler 'obrs' uses the exact Z (topk=None)")
+        return self.topk
+
     def sample(self, batch: SamplerInput) -> SamplerOutput:
         """Accept/reject every response token and weight the accepted ones."""
         resp = batch.response_mask

@@ -22,6 +22,10 @@ class RejectionSampling(Sampler):
             check_range(self.name, "chunk_size", chunk_size, low=1, low_open=False)
         )
 
+    def needs(self) -> frozenset[str]:
+        """``M_t`` is a max over the vocabulary: full logits."""
+        return frozenset({"logits"})
+
     def sample(self, batch: SamplerInput) -> SamplerOutput:
         """Accept ``a_t`` with probability ``r_t / M_t``; ``M_t = inf`` rejects everything."""
         if batch.logits_inf is None or batch.logits_target is None:

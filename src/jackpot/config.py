@@ -1,0 +1,527 @@
+"""Run configuration: dataclass schemas (one docstring per field), loading and validation.
+
+Configs are data: YAML merged onto these structured schemas by omegaconf, dotted overrides
+from the command line, no resolvers that execute code. Every check names the key, the value
+and what is allowed, and raises :class:`ConfigError`; the CLI turns that into exit code 2.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "AlgoConfig",
+    "ConfigError",
+    "JackpotConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "RolloutConfig",
+    "RunConfig",
+    "SamplerConfig",
+    "TaskConfig",
+    "TrainerConfig",
+    "WarmstartConfig",
+    "load_config",
+    "to_yaml",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the key."""
+
+
+@dataclass
+class ModelConfig:
+    """A tiny model built from a transformers config, or a local checkpoint (``path``)."""
+
+    family: str = "qwen2"
+    """Architecture of a tiny model: ``qwen2`` or ``llama``."""
+    hidden_size: int = 64
+    """Width of a tiny model."""
+    num_layers: int = 2
+    """Depth of a tiny model."""
+    num_heads: int = 4
+    """Attention heads of a tiny model (must divide ``hidden_size``)."""
+    intermediate_size: int | None = None
+    """MLP width; None = 4 x hidden_size."""
+    path: str | None = None
+    """Local directory of a transformers checkpoint; when set, the tiny-model fields are ignored."""
+    seed: int = 0
+    """Seed of the random initialisation of a tiny model."""
+
+
+@dataclass
+class TaskConfig:
+    """Where prompts, reference answers and rewards come from."""
+
+    name: str = "addition"
+    """Synthetic task (``addition``, ``sort``, ``count``) or ``jsonl`` / ``parquet`` for local files."""
+    path: str | None = None
+    """Local data file for ``jsonl`` / ``parquet`` tasks."""
+    prompt_field: str = "prompt"
+    """Field holding the prompt in a local data file."""
+    answer_field: str = "answer"
+    """Field holding the reference answer in a local data file."""
+    num_train: int = 2000
+    """Synthetic training prompts."""
+    num_eval: int = 64
+    """Synthetic held-out prompts (disjoint from training)."""
+    digits: int = 2
+    """Operand size of the synthetic task (digits per number / list length)."""
+    seed: int = 0
+    """Seed of the synthetic task generator."""
+    reward: str = "exact_match"
+    """Reward function registered under the entry-point group ``jackpot.rewards``."""
+
+
+@dataclass
+class WarmstartConfig:
+    """Short supervised fine-tuning so tiny models start with non-zero reward (cached)."""
+
+    steps: int = 300
+    """SFT steps per model; 0 disables the warm start."""
+    policy_steps: int | None = None
+    """SFT steps of the policy; None = ``steps``. Fewer steps leave the policy more to learn."""
+    lr: float = 3e-3
+    """SFT learning rate."""
+    batch_size: int = 64
+    """SFT batch size."""
+    cache_dir: str | None = None
+    """Cache of warm-started weights; None = ``~/.cache/jackpot/warmstart``."""
+
+
+@dataclass
+class RolloutConfig:
+    """How rollouts are generated; these settings define ``p_inf``."""
+
+    prompts_per_step: int = 16
+    """Prompts per RL step (per process)."""
+    group_size: int = 4
+    """Responses per prompt (GRPO group size G)."""
+    temperature: float = 1.0
+    """Sampling temperature (> 0); policy and rollout log-probs are scored at it too."""
+    top_p: float = 1.0
+    """Nucleus truncation of the sampling distribution, in (0, 1]."""
+    top_k: int = 0
+    """Top-k truncation of the sampling distribution; 0 = off."""
+    max_new_tokens: int = 8
+    """Length limit of a response."""
+    logprobs_k: int = 8
+    """Top log-probs of ``p_inf`` recorded per position (feeds the top-k Z of OBRS)."""
+
+
+@dataclass
+class SamplerConfig:
+    """Which sampler corrects the mismatch; None = the sampler's own default."""
+
+    name: str = "none"
+    """Sampler registered under ``jackpot.samplers`` (none, is, tis, icepop, rs, obrs, ...)."""
+    lam: float | None = None
+    """OBRS threshold lambda > 0 (exclusive with ``budget``)."""
+    budget: float | None = None
+    """OBRS target acceptance rate in (0, 1], held every step (exclusive with ``lam``)."""
+    topk: int | None = None
+    """OBRS: k >= 1 for the top-k Z with kappa; None = exact Z from full logits."""
+    c1: float | None = None
+    """OBRS truncation of the importance weight (> 0)."""
+    c2: float | None = None
+    """OBRS truncation of p_ref/p_target (> 0; the factor is 1 when p_target = ref)."""
+    p_target: str | None = None
+    """OBRS alignment target: ``ref`` (fixed per step) or ``new`` (recomputed per minibatch)."""
+    aggregation: str | None = None
+    """OBRS weight/denominator pairing: ``accepted`` (paper) or ``proposal``."""
+    cap: float | None = None
+    """Truncation C of ``tis`` / ``seq_tis``."""
+    alpha: float | None = None
+    """Lower ratio bound of ``icepop`` / ``geo_mask``."""
+    beta: float | None = None
+    """Upper ratio bound of ``icepop`` / ``geo_mask``."""
+    params: dict[str, Any] = field(default_factory=dict)
+    """Extra keyword parameters, e.g. for a third-party sampler."""
+
+    def kwargs(self) -> dict[str, Any]:
+        """Parameters to pass to the sampler: every field that is set, plus ``params``."""
+        out = {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name not in ("name", "params") and getattr(self, f.name) is not None
+        }
+        return {**out, **self.params}
+
+
+@dataclass
+class AlgoConfig:
+    """The RL algorithm: who rolls out, advantages, PPO, rollout-model training."""
+
+    mode: str = "decoupled"
+    """``decoupled`` (the rollout model rolls out) or ``on_policy`` (the policy does)."""
+    advantage: str = "grpo"
+    """Group advantage: ``grpo``, ``drgrpo`` or ``rloo``."""
+    ppo_epochs: int = 1
+    """Passes over each step's rollouts."""
+    minibatches: int = 2
+    """Optimiser steps per epoch (the rollouts are split into this many minibatches)."""
+    clip_eps: float = 0.2
+    """PPO clip range."""
+    clip: bool = True
+    """False = the paper's no-clip ablation (plain ratio objective)."""
+    agg: str = "token-mean"
+    """Loss aggregation: ``token-mean``, ``seq-mean-token-mean`` or ``seq-mean-token-sum-norm``."""
+    train_rollout: bool = True
+    """Train the rollout model (RL + distillation) on the same trajectories."""
+    rollout_tis_cap: float = 2.0
+    """Truncation of p_w_old/p_inf in the rollout model's PPO loss."""
+    distill_coef: float = 0.5
+    """beta_dist, weight of KL(SG(p_new) || p_w) in the joint loss."""
+    distill_direction: str = "forward"
+    """``forward`` KL(SG(p_new) || p_w) or ``reverse`` KL(p_w || SG(p_new))."""
+    distill_target_kl: float | None = None
+    """When set, a controller adapts ``distill_coef`` to hold this mismatch KL (k3, nats)."""
+    distill_coef_bounds: tuple[float, float] = (0.01, 10.0)
+    """Range the controller keeps ``distill_coef`` in."""
+    max_nonfinite_skips: int = 3
+    """Consecutive skipped (non-finite) updates after which the run stops with a checkpoint."""
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warm-up, for one model."""
+
+    lr: float = 1e-4
+    """Peak learning rate."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    warmup_steps: int = 0
+    """Optimiser steps of linear warm-up."""
+    grad_clip: float = 1.0
+    """Gradient-norm clip (> 0)."""
+
+
+@dataclass
+class TrainerConfig:
+    """Lightning Trainer settings."""
+
+    max_steps: int = 40
+    """RL steps (one rollout + updates each)."""
+    accelerator: str = "cpu"
+    """``cpu``, ``gpu``/``cuda`` or ``auto``."""
+    devices: int = 1
+    """Processes/devices."""
+    strategy: str = "auto"
+    """``auto``, ``ddp``, ``ddp_spawn``, ``fsdp``, ``deepspeed`` (and Lightning's variants)."""
+    precision: str = "32-true"
+    """``32-true``, ``bf16-mixed``, ``bf16-true``, ``16-mixed``."""
+    checkpoint_every: int = 10
+    """RL steps between checkpoints."""
+    keep_checkpoints: int = 2
+    """Checkpoints kept (older ones are deleted after a new one is written)."""
+    eval_every: int = 10
+    """RL steps between evaluations of the policy on the held-out split; 0 = never."""
+    eval_samples: int = 4
+    """k of mean@k / pass@k."""
+    num_threads: int | None = None
+    """torch CPU threads; None = torch's default."""
+
+
+@dataclass
+class RunConfig:
+    """Where and how a run is recorded."""
+
+    dir: str = "runs/default"
+    """Output directory: metrics.csv, the plot, checkpoints, the resolved config."""
+    seed: int = 0
+    """Seed of every random draw (rollouts, acceptance, prompt order)."""
+    resume: bool = False
+    """Continue from the newest valid checkpoint in ``dir``."""
+    logger: str = "csv"
+    """``csv`` or ``tensorboard`` (in addition to csv)."""
+    plot: bool = True
+    """Write ``plot.png`` (reward, mismatch KL, acceptance) at the end."""
+
+
+@dataclass
+class JackpotConfig:
+    """A whole run."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    policy: ModelConfig = field(default_factory=lambda: ModelConfig(hidden_size=128, num_layers=4))
+    rollout_model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    warmstart: WarmstartConfig = field(default_factory=WarmstartConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    policy_optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-4))
+    rollout_optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-4))
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+
+# ----------------------------------------------------------------------------- validation
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "policy.family": ("qwen2", "llama"),
+    "rollout_model.family": ("qwen2", "llama"),
+    "algo.mode": ("decoupled", "on_policy"),
+    "algo.advantage": ("grpo", "drgrpo", "rloo"),
+    "algo.agg": ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"),
+    "algo.distill_direction": ("forward", "reverse"),
+    "trainer.accelerator": ("cpu", "gpu", "cuda", "auto"),
+    "trainer.precision": ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed"),
+    "run.logger": ("csv", "tensorboard"),
+}
+_STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true", "fsdp", "deepspeed")
+
+# key -> (low, high, low_open, high_open); ints and floats alike.
+_RANGES: dict[str, tuple[float, float, bool, bool]] = {
+    "policy.hidden_size": (1, math.inf, False, True),
+    "policy.num_layers": (1, math.inf, False, True),
+    "policy.num_heads": (1, math.inf, False, True),
+    "rollout_model.hidden_size": (1, math.inf, False, True),
+    "rollout_model.num_layers": (1, math.inf, False, True),
+    "rollout_model.num_heads": (1, math.inf, False, True),
+    "task.num_train": (1, math.inf, False, True),
+    "task.num_eval": (1, math.inf, False, True),
+    "task.digits": (1, 12, False, False),
+    "warmstart.steps": (0, math.inf, False, True),
+    "warmstart.lr": (0, math.inf, True, True),
+    "warmstart.batch_size": (1, math.inf, False, True),
+    "rollout.prompts_per_step": (1, math.inf, False, True),
+    "rollout.group_size": (1, math.inf, False, True),
+    "rollout.temperature": (0, math.inf, True, True),
+    "rollout.top_p": (0, 1, True, False),
+    "rollout.top_k": (0, math.inf, False, True),
+    "rollout.max_new_tokens": (1, math.inf, False, True),
+    "rollout.logprobs_k": (1, math.inf, False, True),
+    "sampler.lam": (0, math.inf, True, True),
+    "sampler.budget": (0, 1, True, False),
+    "sampler.topk": (1, math.inf, False, True),
+    "sampler.c1": (0, math.inf, True, False),
+    "sampler.c2": (0, math.inf, True, False),
+    "sampler.cap": (0, math.inf, True, True),
+    "algo.ppo_epochs": (1, math.inf, False, True),
+    "algo.minibatches": (1, math.inf, False, True),
+    "algo.clip_eps": (0, 1, True, True),
+    "algo.rollout_tis_cap": (0, math.inf, True, True),
+    "algo.distill_coef": (0, math.inf, False, True),
+    "algo.distill_target_kl": (0, math.inf, True, True),
+    "algo.max_nonfinite_skips": (1, math.inf, False, True),
+    "policy_optim.lr": (0, math.inf, True, True),
+    "policy_optim.weight_decay": (0, math.inf, False, True),
+    "policy_optim.warmup_steps": (0, math.inf, False, True),
+    "policy_optim.grad_clip": (0, math.inf, True, True),
+    "rollout_optim.lr": (0, math.inf, True, True),
+    "rollout_optim.weight_decay": (0, math.inf, False, True),
+    "rollout_optim.warmup_steps": (0, math.inf, False, True),
+    "rollout_optim.grad_clip": (0, math.inf, True, True),
+    "trainer.max_steps": (1, math.inf, False, True),
+    "trainer.devices": (1, math.inf, False, True),
+    "trainer.checkpoint_every": (1, math.inf, False, True),
+    "trainer.keep_checkpoints": (1, math.inf, False, True),
+    "trainer.eval_every": (0, math.inf, False, True),
+    "trainer.eval_samples": (1, math.inf, False, True),
+    "trainer.num_threads": (1, math.inf, False, True),
+}
+
+
+def _get(cfg: JackpotConfig, key: str) -> Any:
+    obj: Any = cfg
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _fmt_range(low: float, high: float, low_open: bool, high_open: bool) -> str:
+    return f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+
+
+def validate(cfg: JackpotConfig) -> JackpotConfig:
+    """Check every field of ``cfg``; raise :class:`ConfigError` naming the first bad key."""
+    for key, choices in _CHOICES.items():
+        value = _get(cfg, key)
+        if value not in choices:
+            raise ConfigError(f"{key}={value!r} is not allowed; choose one of {list(choices)}")
+    for key, (low, high, low_open, high_open) in _RANGES.items():
+        value = _get(cfg, key)
+        if value is None:
+            continue
+        v = float(value)
+        ok = not math.isnan(v) and (v > low if low_open else v >= low)
+        ok = ok and (v < high if high_open else v <= high)
+        if not ok:
+            rng = _fmt_range(low, high, low_open, high_open)
+            raise ConfigError(f"{key}={value!r} is out of range; allowed {key} in {rng}")
+    _validate_relations(cfg)
+    return cfg
+
+
+def _validate_relations(cfg: JackpotConfig) -> None:
+    """Checks that involve more than one key, or the environment."""
+    s = cfg.sampler
+    if s.lam is not None and s.budget is not None:
+        raise ConfigError(
+            f"sampler.lam={s.lam} and sampler.budget={s.budget} are mutually exclusive; set one"
+        )
+    if s.p_target is not None and s.p_target not in ("ref", "new"):
+        raise ConfigError(f"sampler.p_target={s.p_target!r} is not allowed; choose 'ref' or 'new'")
+    if s.alpha is not None and s.beta is not None and s.alpha >= s.beta:
+        raise ConfigError(f"sampler.alpha={s.alpha} must be < sampler.beta={s.beta}")
+    _validate_sampler(cfg)
+    strategy = cfg.trainer.strategy
+    if strategy not in _STRATEGIES and not strategy.startswith(("ddp", "fsdp", "deepspeed")):
+        raise ConfigError(
+            f"trainer.strategy={strategy!r} is not allowed; choose one of {list(_STRATEGIES)}"
+        )
+    for key in ("policy", "rollout_model"):
+        model: ModelConfig = getattr(cfg, key)
+        if model.path is not None and not Path(model.path).is_dir():
+            raise ConfigError(f"{key}.path={model.path!r} does not exist (a local directory)")
+        if model.path is None and model.hidden_size % model.num_heads:
+            raise ConfigError(
+                f"{key}.num_heads={model.num_heads} must divide "
+                f"{key}.hidden_size={model.hidden_size}"
+            )
+    if cfg.task.name in ("jsonl", "parquet"):
+        if cfg.task.path is None or not Path(cfg.task.path).is_file():
+            raise ConfigError(
+                f"task.path={cfg.task.path!r} must be an existing {cfg.task.name} file"
+            )
+    elif cfg.task.name not in ("addition", "sort", "count"):
+        raise ConfigError(
+            f"task.name={cfg.task.name!r} is not allowed; choose one of "
+            "['addition', 'sort', 'count', 'jsonl', 'parquet']"
+        )
+    _validate_reward(cfg.task.reward)
+    _validate_devices(cfg.trainer)
+    if cfg.rollout.logprobs_k < (s.topk or 1):
+        raise ConfigError(
+            f"sampler.topk={s.topk} needs rollout.logprobs_k >= {s.topk}, got "
+            f"{cfg.rollout.logprobs_k} (the rollout must record that many p_inf log-probs)"
+        )
+    low, high = cfg.algo.distill_coef_bounds
+    if not 0 < low <= high:
+        raise ConfigError(f"algo.distill_coef_bounds={[low, high]} must satisfy 0 < low <= high")
+
+
+def _validate_sampler(cfg: JackpotConfig) -> None:
+    """Build the sampler once so unknown names and bad parameters fail at load time."""
+    from jackpot.samplers import SamplerParameterError, get_sampler
+
+    try:
+        get_sampler(cfg.sampler.name, **cfg.sampler.kwargs())
+    except SamplerParameterError as exc:
+        raise ConfigError(f"sampler.* ({cfg.sampler.name}): {exc}") from None
+    except ValueError as exc:
+        raise ConfigError(f"sampler.name={cfg.sampler.name!r}: {exc}") from None
+
+
+def _validate_reward(name: str) -> None:
+    from jackpot.tasks.rewards import available_rewards
+
+    installed = available_rewards()
+    if name not in installed:
+        raise ConfigError(f"task.reward={name!r} is unknown; installed rewards: {installed}")
+
+
+def _validate_devices(trainer: TrainerConfig) -> None:
+    """More devices than exist is an error now, not an hour into a queue."""
+    import os
+
+    import torch
+
+    if trainer.accelerator in ("gpu", "cuda"):
+        available = torch.cuda.device_count()
+        if available == 0:
+            raise ConfigError(f"trainer.accelerator={trainer.accelerator!r} but no GPU is visible")
+    elif trainer.accelerator == "cpu":
+        available = os.cpu_count() or 1
+    else:
+        available = max(torch.cuda.device_count(), os.cpu_count() or 1)
+    if trainer.devices > available:
+        raise ConfigError(
+            f"trainer.devices={trainer.devices} exceeds the {available} available "
+            f"{trainer.accelerator} device(s)"
+        )
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None
+) -> JackpotConfig:
+    """Merge ``path`` (YAML) and dotted ``overrides`` onto the schema, then validate.
+
+    Unknown keys, wrong types, a missing file or invalid YAML raise :class:`ConfigError`.
+    """
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    schema = OmegaConf.structured(JackpotConfig)
+    try:
+        layers = [schema]
+        if path is not None:
+            p = Path(path)
+            if not p.is_file():
+                raise ConfigError(f"config file {str(p)!r} does not exist")
+            text = p.read_text()
+            if "${" in text:
+                raise ConfigError(
+                    f"config file {str(p)!r} uses ${{...}} interpolation; configs are plain data"
+                )
+            layers.append(OmegaConf.create(_load_yaml(text, p)))
+        if overrides:
+            for item in overrides:
+                if "=" not in item:
+                    raise ConfigError(f"override {item!r} must look like key=value")
+                if "${" in item:
+                    raise ConfigError(f"override {item!r} uses interpolation; not allowed")
+            layers.append(OmegaConf.from_dotlist(overrides))
+        merged = OmegaConf.merge(*layers)
+        cfg = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(_omegaconf_message(exc)) from None
+    assert isinstance(cfg, JackpotConfig)
+    return validate(cfg)
+
+
+def _load_yaml(text: str, path: Path) -> dict[str, Any]:
+    """Parse YAML safely; a top-level non-mapping or a syntax error is a ConfigError."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level")
+    return data
+
+
+def _omegaconf_message(exc: Exception) -> str:
+    """One line from an omegaconf error: the key and the problem."""
+    key = getattr(exc, "full_key", None)
+    msg = str(exc).splitlines()[0]
+    if "not in struct" in msg or ("Key '" in msg and "not in" in msg):
+        return f"unknown config key {key!r}" if key else msg
+    return f"{key}: {msg}" if key else msg
+
+
+def to_yaml(cfg: JackpotConfig) -> str:
+    """The resolved config as YAML (written to ``run.dir`` and shown by ``--print-config``)."""
+    from omegaconf import OmegaConf
+
+    return str(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+
+
+def as_dict(cfg: Any) -> Any:
+    """Plain nested dict of a config dataclass (for hyper-parameter logging)."""
+    if is_dataclass(cfg) and not isinstance(cfg, type):
+        return {f.name: as_dict(getattr(cfg, f.name)) for f in fields(cfg)}
+    if isinstance(cfg, tuple):
+        return list(cfg)
+    return cfg

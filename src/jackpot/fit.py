@@ -1,0 +1,239 @@
+"""``python -m jackpot.fit --config configs/<name>.yaml [key=value ...]``: train a run.
+
+Loads and validates the config (exit code 2 with a one-line message, writing nothing, on a
+bad one), builds the models, task, reward and sampler, runs the Lightning Trainer, and
+writes ``metrics.csv``, ``plot.png``, ``config.yaml`` and checkpoints under ``run.dir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["build_module", "main", "run"]
+
+
+@dataclass
+class RunResult:
+    """What a finished run left behind."""
+
+    run_dir: Path
+    metrics_csv: Path
+    plot: Path | None
+    last_checkpoint: Path | None
+    metrics: dict[str, float]
+
+
+def _task_examples(cfg: Any) -> tuple[list[Any], list[Any]]:
+    """Train and eval examples: a synthetic task, or a local file whose last rows are eval."""
+    from jackpot.tasks.datasets import load_examples
+    from jackpot.tasks.synthetic import TaskSpec, make_task
+
+    t = cfg.task
+    if t.name in ("jsonl", "parquet"):
+        examples = load_examples(t.path, t.prompt_field, t.answer_field)
+        n_eval = min(t.num_eval, max(len(examples) // 5, 1))
+        return examples[:-n_eval], examples[-n_eval:]
+    splits = make_task(_task_spec(cfg))
+    return splits.train, splits.eval
+
+
+def _task_spec(cfg: Any) -> Any:
+    from jackpot.tasks.synthetic import TaskSpec
+
+    t = cfg.task
+    return TaskSpec(
+        name=t.name, n_train=t.num_train, n_eval=t.num_eval, seed=t.seed, max_digits=t.digits
+    )
+
+
+def _build_model(cfg: Any, key: str, tokenizer: Any, sft_steps: int) -> Any:
+    """A local checkpoint, or a tiny model warm-started on the synthetic task (cached)."""
+    from jackpot.models import ModelSpec, build_model, from_pretrained
+    from jackpot.warmstart import SFTConfig, warm_start
+
+    m = getattr(cfg, key)
+    if m.path is not None:
+        return from_pretrained(m.path)
+    spec = ModelSpec(
+        vocab_size=tokenizer.vocab_size,
+        family=m.family,
+        hidden_size=m.hidden_size,
+        num_layers=m.num_layers,
+        num_heads=m.num_heads,
+        intermediate_size=m.intermediate_size,
+        seed=m.seed,
+    )
+    if sft_steps == 0 or cfg.task.name in ("jsonl", "parquet"):
+        return build_model(spec)
+    w = cfg.warmstart
+    sft = SFTConfig(steps=sft_steps, batch_size=w.batch_size, lr=w.lr, seed=m.seed)
+    return warm_start(spec, _task_spec(cfg), tokenizer, sft, w.cache_dir).model
+
+
+def _tokenizer(cfg: Any) -> Any:
+    from jackpot.models import load_tokenizer
+    from jackpot.tasks.tokenizer import CharTokenizer
+
+    return load_tokenizer(cfg.policy.path) if cfg.policy.path else CharTokenizer()
+
+
+def build_module(cfg: Any) -> Any:
+    """Models, task, reward and sampler wired into a :class:`JackpotModule`."""
+    from jackpot.models import check_same_vocab
+    from jackpot.module import JackpotModule
+    from jackpot.samplers import get_sampler
+    from jackpot.tasks.rewards import get_reward
+
+    tokenizer = _tokenizer(cfg)
+    w = cfg.warmstart
+    policy = _build_model(cfg, "policy", tokenizer, w.steps if w.policy_steps is None else w.policy_steps)
+    rollout_model = _build_model(cfg, "rollout_model", tokenizer, w.steps)
+    check_same_vocab(rollout_model, policy)
+    train, evals = _task_examples(cfg)
+    return JackpotModule(
+        cfg,
+        policy,
+        rollout_model,
+        tokenizer,
+        train,
+        evals,
+        get_reward(cfg.task.reward),
+        get_sampler(cfg.sampler.name, **cfg.sampler.kwargs()),
+    )
+
+
+def run(cfg: Any) -> RunResult:
+    """Train ``cfg`` to ``trainer.max_steps`` (resuming when ``run.resume``); return the outputs."""
+    import lightning as L
+    import torch
+
+    from jackpot.config import ConfigError, to_yaml
+    from jackpot.training.checkpoints import (
+        AtomicCheckpointIO,
+        PeriodicCheckpoint,
+        latest_valid_checkpoint,
+        load_checkpoint_file,
+    )
+    from jackpot.training.csv_logger import MetricsCSVLogger, read_metrics
+    from jackpot.training.plot import plot_run
+    from jackpot.training.progress import RLProgressBar
+
+    run_dir = Path(cfg.run.dir)
+    ckpt_dir = run_dir / "checkpoints"
+    ckpt = latest_valid_checkpoint(ckpt_dir) if cfg.run.resume else None
+    if cfg.run.resume and ckpt is None and any(ckpt_dir.glob("*.ckpt")):
+        raise ConfigError(f"run.resume=true but no checkpoint in {str(ckpt_dir)!r} loads")
+    if not cfg.run.resume and any(ckpt_dir.glob("step-*.ckpt")):
+        raise ConfigError(
+            f"run.dir={cfg.run.dir!r} holds checkpoints of an earlier run; pass --resume "
+            "(run.resume=true) to continue it, or choose another run.dir"
+        )
+    if cfg.trainer.num_threads:
+        torch.set_num_threads(cfg.trainer.num_threads)
+    module = build_module(cfg)
+    steps_done = None
+    if ckpt is not None:
+        steps_done = int(load_checkpoint_file(ckpt, "cpu")["jackpot"]["rl_step"]) + 1
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    loggers: list[Any] = [MetricsCSVLogger(run_dir, resume_from_step=steps_done)]
+    if cfg.run.logger == "tensorboard":
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        loggers.append(TensorBoardLogger(run_dir, name="tensorboard"))
+    checkpointer = PeriodicCheckpoint(
+        ckpt_dir, cfg.trainer.checkpoint_every, cfg.trainer.keep_checkpoints
+    )
+    trainer = L.Trainer(
+        accelerator=cfg.trainer.accelerator,
+        devices=cfg.trainer.devices,
+        strategy=cfg.trainer.strategy,
+        precision=cfg.trainer.precision,
+        max_epochs=cfg.trainer.max_steps,
+        logger=loggers,
+        callbacks=[RLProgressBar(), checkpointer],
+        plugins=[AtomicCheckpointIO()],
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+        num_sanity_val_steps=0,
+        default_root_dir=str(run_dir),
+    )
+    trainer.fit(module, ckpt_path=str(ckpt) if ckpt else None)
+    metrics_csv = run_dir / "metrics.csv"
+    plot = None
+    if cfg.run.plot and trainer.is_global_zero:
+        plot = plot_run(metrics_csv, run_dir / "plot.png", title=f"jackpot: {cfg.sampler.name}")
+    rows = read_metrics(metrics_csv)
+    return RunResult(
+        run_dir=run_dir,
+        metrics_csv=metrics_csv,
+        plot=plot,
+        last_checkpoint=latest_valid_checkpoint(ckpt_dir),
+        metrics=rows[-1] if rows else {},
+    )
+
+
+def parser(prog: str = "python -m jackpot.fit") -> argparse.ArgumentParser:
+    """Arguments of the fit command."""
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    p.add_argument("--config", help="YAML config (defaults: the schema's values)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config, exit")
+    p.add_argument("--resume", action="store_true", help="continue from run.dir's last checkpoint")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. sampler.lam=1.5")
+    return p
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m jackpot.fit") -> int:
+    """CLI entry: 0 on success, 2 on a bad config or input, 1 when training stopped on NaN."""
+    from jackpot.config import ConfigError, load_config, to_yaml
+
+    args = parser(prog).parse_args(argv)
+    overrides = list(args.overrides) + (["run.resume=true"] if args.resume else [])
+    try:
+        cfg = load_config(args.config, overrides)
+        if args.print_config:
+            print(to_yaml(cfg), end="")
+            return 0
+        result = run(cfg)
+    except ConfigError as exc:
+        print(f"{prog}: config error: {exc}", file=sys.stderr)
+        return 2
+    except _input_errors() as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except _stop_errors() as exc:
+        print(f"{prog}: stopped: {exc}", file=sys.stderr)
+        return 1
+    m = result.metrics
+    shown = ", ".join(
+        f"{k}={m[k]:.4g}"
+        for k in ("reward/mean", "eval/accuracy", "obrs/accept_rate", "mismatch/kl_k3")
+        if k in m
+    )
+    print(f"done: {result.run_dir} ({shown}); metrics: {result.metrics_csv}; plot: {result.plot}")
+    return 0
+
+
+def _input_errors() -> tuple[type[Exception], ...]:
+    """Errors that mean bad input (data, models, checkpoints), reported without a traceback."""
+    from jackpot.models import VocabMismatchError
+    from jackpot.rollout.batch import RolloutFormatError
+    from jackpot.tasks.datasets import DatasetFormatError
+    from jackpot.training.checkpoints import CheckpointError
+
+    return (VocabMismatchError, RolloutFormatError, DatasetFormatError, CheckpointError)
+
+
+def _stop_errors() -> tuple[type[Exception], ...]:
+    from jackpot.module import NonFiniteError
+
+    return (NonFiniteError,)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

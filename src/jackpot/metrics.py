@@ -1,0 +1,112 @@
+"""Metrics: pure evaluation estimators plus a tracker of torchmetrics means synced across ranks.
+
+Keys are namespaced and stable (``reward/mean``, ``obrs/accept_rate``, ``mismatch/kl_k3``, ...);
+the README has the table.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+
+__all__ = [
+    "MetricTracker",
+    "mean_and_pass_at_k",
+    "minibatch_stats",
+    "rollout_stats",
+    "timing_stats",
+    "token_entropy",
+]
+
+
+def mean_and_pass_at_k(
+    rewards: Tensor, group_ids: Tensor, threshold: float = 0.5
+) -> tuple[Tensor, Tensor]:
+    """``(mean@k, pass@k)`` of ``k`` samples per prompt: mean success, and mean of any-success.
+
+    ``rewards`` ``(N,)``, ``group_ids`` ``(N,)``; a sample succeeds when its reward exceeds
+    ``threshold`` (rewards here are 0/1).
+    """
+    success = (rewards > threshold).to(torch.float32)
+    groups, inverse = torch.unique(group_ids, return_inverse=True)
+    any_success = torch.zeros(len(groups)).scatter_reduce(0, inverse, success, "amax")
+    return success.mean(), any_success.mean()
+
+
+def token_entropy(logits: Tensor, mask: Tensor) -> Tensor:
+    """Mean entropy (nats) of ``softmax(logits)`` ``(N, T, V)`` over ``mask`` ``(N, T)``."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    ent = -(logp.exp() * logp).sum(-1)
+    m = mask.to(ent.dtype)
+    return (ent * m).sum() / m.sum().clamp(min=1.0)
+
+
+def rollout_stats(rewards: Tensor, response_mask: Tensor, finished: Tensor) -> dict[str, Tensor]:
+    """Reward and response-length statistics of one step's rollouts."""
+    return {
+        "reward/mean": rewards.float().mean(),
+        "reward/std": rewards.float().std() if rewards.numel() > 1 else torch.zeros(()),
+        "response/length": response_mask.sum(-1).float().mean(),
+        "response/truncated_frac": (~finished.bool()).float().mean(),
+    }
+
+
+def timing_stats(
+    rollout_tokens: int, rollout_s: float, train_tokens: int, train_s: float
+) -> dict[str, float]:
+    """Throughputs and the share of the step spent rolling out."""
+    tiny = 1e-9
+    return {
+        "perf/rollout_tokens_per_s": rollout_tokens / max(rollout_s, tiny),
+        "perf/train_tokens_per_s": train_tokens / max(train_s, tiny),
+        "perf/rollout_share": rollout_s / max(rollout_s + train_s, tiny),
+        "perf/step_s": rollout_s + train_s,
+    }
+
+
+def minibatch_stats(
+    loss: Any, logits_new: Tensor, logits_w: Tensor | None, response_mask: Tensor
+) -> dict[str, Tensor | float]:
+    """Loss parts and entropies of one minibatch update (NaN for parts that did not run)."""
+    nan = float("nan")
+    return {
+        "loss/policy": loss.policy.detach(),
+        "loss/rollout": nan if loss.rollout is None else loss.rollout.detach(),
+        "distill/loss": nan if loss.distill is None else loss.distill.detach(),
+        "policy/entropy": token_entropy(logits_new.detach(), response_mask),
+        "rollout/entropy": nan
+        if logits_w is None
+        else token_entropy(logits_w.detach(), response_mask),
+    }
+
+
+class MetricTracker(nn.Module):
+    """Running means under string keys, one ``MeanMetric`` each, reset after every compute.
+
+    ``compute`` all-reduces across processes (torchmetrics), so every rank must update the
+    same keys; values that are NaN are not averaged in but counted under ``<key>/nan``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.means = nn.ModuleDict()
+
+    def update(self, values: dict[str, Tensor | float]) -> None:
+        """Add one observation per key."""
+        for key, value in values.items():
+            name = key.replace("/", "__")
+            if name not in self.means:
+                device = next((m.device for m in self.means.values()), torch.device("cpu"))
+                self.means[name] = MeanMetric(nan_strategy="ignore").to(device)
+            self.means[name].update(torch.as_tensor(value, dtype=torch.float32).detach())
+
+    def compute(self) -> dict[str, float]:
+        """Synced means as floats, then reset."""
+        out: dict[str, float] = {}
+        for name, metric in self.means.items():
+            out[name.replace("__", "/")] = float(metric.compute())
+            metric.reset()
+        return out

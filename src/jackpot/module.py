@@ -1,0 +1,383 @@
+"""``JackpotModule``: the LightningModule that holds the policy and the rollout model.
+
+One training step is one RL iteration (paper, Algorithm 1): roll out (no grad) -> rewards ->
+advantages -> old log-probs -> ``ppo_epochs`` x minibatches of one joint update of both
+models (policy PPO with the sampler's mask and weights, rollout-model RL, distillation).
+The module orchestrates only: every formula is in ``jackpot.step``, ``jackpot.losses``,
+``jackpot.functional`` or a sampler. An "epoch" of the Trainer is one RL step, so Lightning's
+epoch counter is the RL step and a checkpoint taken at an epoch end resumes exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from jackpot.config import JackpotConfig, as_dict
+from jackpot.controllers import DistillController
+from jackpot.metrics import (
+    MetricTracker,
+    mean_and_pass_at_k,
+    minibatch_stats,
+    rollout_stats,
+    timing_stats,
+)
+from jackpot.rollout.engine import RolloutEngine, SamplingParams
+from jackpot.rollout.hf import HFRolloutEngine
+from jackpot.rollout.sampling import sampling_logprobs
+from jackpot.samplers.base import Sampler
+from jackpot.step import (
+    forward_logits,
+    joint_loss,
+    minibatch_indices,
+    prompt_indices,
+    run_sampler,
+    seeded_generator,
+    step_tensors,
+    token_logp,
+)
+from jackpot.tasks.synthetic import Example
+
+__all__ = ["JackpotModule", "NonFiniteError"]
+
+RewardFn = Callable[[list[str], list[str], list[str]], list[float]]
+
+
+class NonFiniteError(RuntimeError):
+    """Too many consecutive updates had a non-finite loss or gradient."""
+
+
+class JackpotModule(L.LightningModule):
+    """Policy + rollout model, two optimisers, manual optimisation."""
+
+    def __init__(
+        self,
+        cfg: JackpotConfig,
+        policy: nn.Module,
+        rollout_model: nn.Module,
+        tokenizer: Any,
+        train_examples: Sequence[Example],
+        eval_examples: Sequence[Example],
+        reward_fn: RewardFn,
+        sampler: Sampler,
+    ) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.cfg = cfg
+        self.policy = policy
+        self.rollout_model = rollout_model
+        self.tokenizer = tokenizer
+        self.train_examples = list(train_examples)
+        self.eval_examples = list(eval_examples)
+        self.reward_fn = reward_fn
+        self.sampler = sampler
+        self.tracker = MetricTracker()
+        self.train_rollout = cfg.algo.train_rollout and cfg.algo.mode == "decoupled"
+        self.rollout_model.requires_grad_(self.train_rollout)
+        # Warm starts hand models back in eval mode; the tiny models have no dropout, but
+        # Lightning (rightly) warns about modules left in eval mode.
+        self.policy.train()
+        self.rollout_model.train()
+        self.controller = (
+            DistillController(
+                cfg.algo.distill_coef,
+                cfg.algo.distill_target_kl,
+                *cfg.algo.distill_coef_bounds,
+            )
+            if cfg.algo.distill_target_kl is not None
+            else None
+        )
+        self.nonfinite_streak = 0
+        self.last_metrics: dict[str, float] = {}
+        self.sampling = SamplingParams(
+            temperature=cfg.rollout.temperature,
+            top_k=cfg.rollout.top_k,
+            top_p=cfg.rollout.top_p,
+            max_new_tokens=cfg.rollout.max_new_tokens,
+            stop_token_ids=(tokenizer.eos_token_id,),
+            logprobs_k=cfg.rollout.logprobs_k,
+        )
+
+    # ------------------------------------------------------------------ Lightning plumbing
+
+    def train_dataloader(self) -> DataLoader:
+        """One placeholder item per epoch: the prompts of RL step ``s`` are chosen from ``s``."""
+        return DataLoader([0], batch_size=1)
+
+    def configure_optimizers(self) -> Any:
+        """AdamW + linear warm-up for the policy, and for the rollout model when it trains."""
+        models = [(self.policy, self.cfg.policy_optim)]
+        if self.train_rollout:
+            models.append((self.rollout_model, self.cfg.rollout_optim))
+        optimizers, schedulers = [], []
+        for model, oc in models:
+            opt = torch.optim.AdamW(model.parameters(), lr=oc.lr, weight_decay=oc.weight_decay)
+            warm = max(oc.warmup_steps, 1)
+            optimizers.append(opt)
+            schedulers.append(
+                torch.optim.lr_scheduler.LambdaLR(opt, lambda s, w=warm: min(1.0, (s + 1) / w))
+            )
+        return optimizers, schedulers
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Add the state Lightning does not know about."""
+        checkpoint["jackpot"] = {
+            "rl_step": self.current_epoch,
+            "config": as_dict(self.cfg),
+            "nonfinite_streak": self.nonfinite_streak,
+            "controller": None if self.controller is None else self.controller.state_dict(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the controller and the skip counter."""
+        state = checkpoint.get("jackpot", {})
+        self.nonfinite_streak = int(state.get("nonfinite_streak", 0))
+        if self.controller is not None and state.get("controller"):
+            self.controller.load_state_dict(state["controller"])
+
+    # ------------------------------------------------------------------ the RL iteration
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        """Roll out, score, and update both models on the same trajectories."""
+        step = self.current_epoch
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        rollout = self._rollout(step)
+        t_rollout = time.perf_counter() - t0
+        texts = self._decode(rollout)
+        rewards = torch.as_tensor(
+            self.reward_fn(rollout.prompts, texts, rollout.answers), dtype=torch.float32
+        )
+        t1 = time.perf_counter()
+        with torch.no_grad():
+            logits_ref = self._response_logits(self.policy, rollout)
+            logits_w_old = (
+                self._response_logits(self.rollout_model, rollout)
+                if self.train_rollout or self._needs_full_p_inf()
+                else None
+            )
+        tensors = step_tensors(
+            rollout.response_ids,
+            rollout.response_mask,
+            rewards.to(self.device),
+            rollout.group_ids,
+            rollout.logp_inf,
+            token_logp(logits_ref, rollout.response_ids),
+            None if not self.train_rollout else token_logp(logits_w_old, rollout.response_ids),
+            cfg.algo.advantage,
+        )
+        logits_inf = self._sampling_logp(logits_w_old) if self._needs_full_p_inf() else None
+        topk_inf = (rollout.topk_ids, rollout.topk_logp)
+        gen = seeded_generator(cfg.run.seed, step, self.global_rank, stream=1)
+        fixed = None
+        if self.sampler.p_target == "ref":  # acceptance and weights fixed for the whole update
+            everything = torch.arange(rollout.num_sequences, device=self.device)
+            fixed = run_sampler(
+                self.sampler,
+                tensors,
+                everything,
+                tensors.logp_ref,
+                logits_ref,
+                gen,
+                logits_inf,
+                topk_inf,
+            )
+        opts = self._optimizers()
+        n_tokens = 0
+        for _ in range(cfg.algo.ppo_epochs):
+            for index in minibatch_indices(rollout.num_sequences, cfg.algo.minibatches, gen):
+                index = index.to(self.device)
+                logits_new = self._response_logits(self.policy, rollout, index)
+                if fixed is not None:
+                    sampled = fixed.select(index)
+                else:  # p_target = new: recomputed from the current, detached policy
+                    detached = logits_new.detach()
+                    sampled = run_sampler(
+                        self.sampler,
+                        tensors,
+                        index,
+                        token_logp(detached, tensors.response_ids[index]),
+                        detached,
+                        gen,
+                        None if logits_inf is None else logits_inf[index],
+                        (topk_inf[0][index], topk_inf[1][index]),
+                    )
+                logits_w = (
+                    self._response_logits(self.rollout_model, rollout, index)
+                    if self.train_rollout
+                    else None
+                )
+                loss = joint_loss(
+                    tensors,
+                    index,
+                    logits_new,
+                    sampled,
+                    logits_w=logits_w,
+                    distill_coef=self._distill_coef(),
+                    distill_direction=cfg.algo.distill_direction,
+                    clip_eps=cfg.algo.clip_eps,
+                    clip=cfg.algo.clip,
+                    agg=cfg.algo.agg,
+                    rollout_tis_cap=cfg.algo.rollout_tis_cap,
+                    max_len=cfg.rollout.max_new_tokens,
+                )
+                self._update(opts, loss.total)
+                n_tokens += rollout.select(index.cpu()).num_tokens
+                self.tracker.update({**sampled.metrics, **loss.stats})
+                self.tracker.update(
+                    minibatch_stats(loss, logits_new, logits_w, tensors.response_mask[index])
+                )
+        t_train = time.perf_counter() - t1
+        self._log_step(step, rollout, rewards, t_rollout, t_train, n_tokens)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _rollout(self, step: int) -> Any:
+        """Sample this step's prompts and roll them out with the rollout engine."""
+        cfg = self.cfg
+        idx = prompt_indices(
+            len(self.train_examples),
+            step,
+            cfg.rollout.prompts_per_step,
+            cfg.run.seed,
+            self.global_rank,
+            self.trainer.world_size,
+        )
+        examples = [self.train_examples[i] for i in idx]
+        return self._generate(self._engine(), examples, cfg.rollout.group_size, step, stream=0)
+
+    def _generate(
+        self, engine: RolloutEngine, examples: list[Example], group: int, step: int, stream: int
+    ) -> Any:
+        gen = seeded_generator(self.cfg.run.seed, step, self.global_rank, stream, self.device)
+        ids = [self.tokenizer.encode(e.prompt) for e in examples]
+        batch = engine.generate(ids, group, self.sampling, gen)
+        return batch.with_texts(
+            prompts=[e.prompt for e in examples for _ in range(group)],
+            answers=[e.answer for e in examples for _ in range(group)],
+        )
+
+    def _engine(self, policy: bool = False) -> RolloutEngine:
+        """The policy's engine (on-policy runs, evaluation) or the rollout model's."""
+        use_policy = policy or self.cfg.algo.mode == "on_policy"
+        model = self.policy if use_policy else self.rollout_model
+        return HFRolloutEngine(model, self.tokenizer.pad_token_id)
+
+    def _decode(self, rollout: Any) -> list[str]:
+        return [self.tokenizer.decode(r) for r in rollout.response_lists()]
+
+    def _response_logits(
+        self, model: nn.Module, rollout: Any, index: Tensor | None = None
+    ) -> Tensor:
+        """``(n, T, V)`` logits of ``model`` for the response tokens at the sampling temperature."""
+        ids, mask = rollout.full_sequences()
+        if index is not None:
+            ids, mask = ids[index], mask[index]
+        return forward_logits(
+            model, ids, mask, rollout.prompt_ids.shape[1], self.cfg.rollout.temperature
+        )
+
+    def _sampling_logp(self, logits: Tensor) -> Tensor:
+        """Full ``log p_inf`` ``(N, T, V)``: the rollout model's truncated sampling distribution."""
+        r = self.cfg.rollout
+        # logits are already divided by the temperature: apply only the truncation here.
+        return sampling_logprobs(logits, 1.0, r.top_k, r.top_p)
+
+    def _needs_full_p_inf(self) -> bool:
+        """Exact-Z samplers need the full p_inf; the rollout model can recompute it."""
+        return "logits" in self.sampler.needs() and self.cfg.algo.mode == "decoupled"
+
+    def _optimizers(self) -> list[Any]:
+        opts = self.optimizers()
+        return list(opts) if isinstance(opts, (list, tuple)) else [opts]
+
+    def _distill_coef(self) -> float:
+        return self.controller.coef if self.controller is not None else self.cfg.algo.distill_coef
+
+    def _update(self, opts: list[Any], loss: Tensor) -> None:
+        """Backward once through the joint loss; step every optimiser, or skip a bad update."""
+        for opt in opts:
+            opt.zero_grad(set_to_none=True)
+        ok = bool(torch.isfinite(loss))
+        if ok:
+            self.manual_backward(loss)
+            norms = [
+                torch.nn.utils.clip_grad_norm_(model.parameters(), oc.grad_clip)
+                for model, oc in self._trained_models()
+            ]
+            for (model, _), norm in zip(self._trained_models(), norms, strict=True):
+                self.tracker.update({f"grad_norm/{self._name(model)}": norm})
+            ok = all(bool(torch.isfinite(n)) for n in norms)
+        if ok:
+            self.nonfinite_streak = 0
+            for opt in opts:
+                opt.step()
+            for sched in self._schedulers():
+                sched.step()
+        else:
+            for opt in opts:
+                opt.zero_grad(set_to_none=True)
+            self.nonfinite_streak += 1
+        self.tracker.update({"train/skipped_updates": float(not ok)})
+        if self.nonfinite_streak >= self.cfg.algo.max_nonfinite_skips:
+            raise NonFiniteError(
+                f"{self.nonfinite_streak} consecutive updates had a non-finite loss or gradient "
+                f"(algo.max_nonfinite_skips={self.cfg.algo.max_nonfinite_skips}); stopping"
+            )
+
+    def _trained_models(self) -> list[tuple[nn.Module, Any]]:
+        out = [(self.policy, self.cfg.policy_optim)]
+        if self.train_rollout:
+            out.append((self.rollout_model, self.cfg.rollout_optim))
+        return out
+
+    def _name(self, model: nn.Module) -> str:
+        return "policy" if model is self.policy else "rollout"
+
+    def _schedulers(self) -> list[Any]:
+        scheds = self.lr_schedulers()
+        if scheds is None:
+            return []
+        return list(scheds) if isinstance(scheds, (list, tuple)) else [scheds]
+
+    def _log_step(
+        self,
+        step: int,
+        rollout: Any,
+        rewards: Tensor,
+        t_rollout: float,
+        t_train: float,
+        n_tokens: int,
+    ) -> None:
+        """Add the step-level metrics, evaluate when due, sync, feed the controller, log."""
+        self.tracker.update(
+            rollout_stats(rewards, rollout.response_mask, rollout.finished)
+            | timing_stats(rollout.num_tokens, t_rollout, n_tokens, t_train)
+            | {"distill/coef": self._distill_coef()}
+        )
+        if self.cfg.trainer.eval_every and (step + 1) % self.cfg.trainer.eval_every == 0:
+            self.tracker.update(self.evaluate(step))
+        values = self.tracker.compute()
+        if self.controller is not None and math.isfinite(values.get("mismatch/kl_k3", math.nan)):
+            self.controller.update(values["mismatch/kl_k3"])
+        self.last_metrics = values
+        for logger in self.loggers:
+            logger.log_metrics(values, step=step)
+
+    @torch.no_grad()
+    def evaluate(self, step: int) -> dict[str, Tensor]:
+        """mean@k and pass@k of the policy on this rank's share of the held-out prompts."""
+        examples = self.eval_examples[self.global_rank :: self.trainer.world_size]
+        batch = self._generate(
+            self._engine(policy=True), examples, self.cfg.trainer.eval_samples, step, stream=2
+        )
+        rewards = torch.as_tensor(self.reward_fn(batch.prompts, self._decode(batch), batch.answers))
+        mean_k, pass_k = mean_and_pass_at_k(rewards, batch.group_ids.cpu())
+        return {"eval/accuracy": mean_k, "eval/pass_at_k": pass_k}

@@ -1,0 +1,127 @@
+"""Crash-safe checkpoints: atomic writes, ``weights_only`` loads, newest-valid selection.
+
+A checkpoint is written to a temporary file, fsynced, renamed over its final name and the
+directory fsynced, so a crash leaves either the old file or the new one, never half of one.
+Loading uses ``torch.load(weights_only=True)``: a checkpoint cannot execute code.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+__all__ = [
+    "AtomicCheckpointIO",
+    "CheckpointError",
+    "PeriodicCheckpoint",
+    "checkpoint_path",
+    "latest_valid_checkpoint",
+]
+
+_NAME = re.compile(r"^step-(\d{6,})\.ckpt$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, truncated, corrupt or holds more than tensors and plain data."""
+
+
+def checkpoint_path(directory: Path, steps_done: int) -> Path:
+    """``directory/step-000010.ckpt`` for a checkpoint after ``steps_done`` RL steps."""
+    return directory / f"step-{steps_done:06d}.ckpt"
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def load_checkpoint_file(path: str | Path, map_location: Any = None) -> dict[str, Any]:
+    """``torch.load(weights_only=True)``; any failure becomes a :class:`CheckpointError`."""
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist") from None
+    except Exception as exc:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is corrupt, truncated or not a jackpot checkpoint "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+        ) from None
+    if not isinstance(state, dict) or "state_dict" not in state:
+        raise CheckpointError(f"checkpoint {str(path)!r} has no model state_dict")
+    return state
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint I/O with atomic writes and safe loads."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None
+    ) -> None:
+        """Write to ``.name.tmp``, fsync, rename into place, fsync the directory."""
+        final = Path(path)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.with_name(f".{final.name}.tmp")
+        with open(tmp, "wb") as handle:
+            torch.save(checkpoint, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+
+    def load_checkpoint(
+        self, path: Any, map_location: Any = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        """Load with ``weights_only=True`` whatever the caller asks."""
+        return load_checkpoint_file(path, map_location)
+
+
+def latest_valid_checkpoint(directory: Path) -> Path | None:
+    """The newest ``step-*.ckpt`` in ``directory`` that loads; corrupt ones are named and skipped."""
+    if not directory.is_dir():
+        return None
+    found = sorted(
+        (int(m.group(1)), p) for p in directory.iterdir() if (m := _NAME.match(p.name))
+    )
+    for _, path in reversed(found):
+        try:
+            load_checkpoint_file(path, map_location="cpu")
+        except CheckpointError as exc:
+            warnings.warn(f"{exc}; falling back to the previous checkpoint", stacklevel=2)
+            continue
+        return path
+    return None
+
+
+class PeriodicCheckpoint(Callback):
+    """Save every ``every`` RL steps and at the end; keep the newest ``keep`` files."""
+
+    def __init__(self, directory: Path, every: int, keep: int) -> None:
+        self.directory = directory
+        self.every = every
+        self.keep = keep
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """One epoch is one RL step."""
+        done = trainer.current_epoch + 1
+        if done % self.every == 0 or done == trainer.max_epochs:
+            self.save(trainer, done)
+
+    def save(self, trainer: Trainer, steps_done: int) -> Path:
+        """Write the checkpoint for ``steps_done`` and prune older ones (rank 0 writes)."""
+        path = checkpoint_path(self.directory, steps_done)
+        trainer.save_checkpoint(path)
+        if trainer.is_global_zero:
+            existing = sorted(p for p in self.directory.glob("step-*.ckpt") if _NAME.match(p.name))
+            for old in existing[: -self.keep]:
+                old.unlink(missing_ok=True)
+        return path
