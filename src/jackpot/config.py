@@ -393,6 +393,8 @@ def _validate_relations(cfg: JackpotConfig) -> None:
             f"task.name={cfg.task.name!r} is not allowed; choose one of "
             "['addition', 'sort', 'count', 'jsonl', 'parquet']"
         )
+    else:
+        _validate_task_size(cfg.task)
     _validate_reward(cfg.task.reward)
     _validate_devices(cfg.trainer)
     if cfg.rollout.logprobs_k < (s.topk or 1):
@@ -415,6 +417,20 @@ def _validate_sampler(cfg: JackpotConfig) -> None:
         raise ConfigError(f"sampler.* ({cfg.sampler.name}): {exc}") from None
     except ValueError as exc:
         raise ConfigError(f"sampler.name={cfg.sampler.name!r}: {exc}") from None
+
+
+def _validate_task_size(task: TaskConfig) -> None:
+    """A synthetic task must hold enough distinct problems for the requested splits."""
+    from jackpot.tasks.synthetic import TaskSpec, make_task
+
+    spec = TaskSpec(
+        name=task.name, n_train=task.num_train, n_eval=task.num_eval, seed=task.seed,
+        max_digits=task.digits,
+    )
+    try:
+        make_task(spec)
+    except ValueError as exc:
+        raise ConfigError(f"task.num_train / task.num_eval / task.digits: {exc}") from None
 
 
 def _validate_reward(name: str) -> None:

@@ -16,6 +16,7 @@ __all__ = [
     "MetricTracker",
     "mean_and_pass_at_k",
     "minibatch_stats",
+    "param_checksum",
     "rollout_stats",
     "timing_stats",
     "token_entropy",
@@ -42,6 +43,15 @@ def token_entropy(logits: Tensor, mask: Tensor) -> Tensor:
     ent = -(logp.exp() * logp).sum(-1)
     m = mask.to(ent.dtype)
     return (ent * m).sum() / m.sum().clamp(min=1.0)
+
+
+def param_checksum(model: nn.Module) -> Tensor:
+    """A float64 fingerprint of a model's parameters (sum of sums and of squares)."""
+    total = torch.zeros((), dtype=torch.float64)
+    for p in model.parameters():
+        d = p.detach().double().cpu()
+        total += d.sum() + (d * d).sum()
+    return total
 
 
 def rollout_stats(rewards: Tensor, response_mask: Tensor, finished: Tensor) -> dict[str, Tensor]:

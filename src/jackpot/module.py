@@ -26,6 +26,7 @@ from jackpot.metrics import (
     MetricTracker,
     mean_and_pass_at_k,
     minibatch_stats,
+    param_checksum,
     rollout_stats,
     timing_stats,
 )
@@ -364,12 +365,21 @@ class JackpotModule(L.LightningModule):
         )
         if self.cfg.trainer.eval_every and (step + 1) % self.cfg.trainer.eval_every == 0:
             self.tracker.update(self.evaluate(step))
+        if self.trainer.world_size > 1:
+            self.tracker.update({"dist/param_divergence": self._param_divergence()})
         values = self.tracker.compute()
         if self.controller is not None and math.isfinite(values.get("mismatch/kl_k3", math.nan)):
             self.controller.update(values["mismatch/kl_k3"])
         self.last_metrics = values
         for logger in self.loggers:
             logger.log_metrics(values, step=step)
+
+    @torch.no_grad()
+    def _param_divergence(self) -> Tensor:
+        """Largest difference of a parameter checksum across ranks: 0 when replicas agree."""
+        checksum = torch.stack([param_checksum(self.policy), param_checksum(self.rollout_model)])
+        gathered = self.all_gather(checksum)  # (world, 2)
+        return (gathered.amax(0) - gathered.amin(0)).max()
 
     @torch.no_grad()
     def evaluate(self, step: int) -> dict[str, Tensor]:

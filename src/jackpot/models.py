@@ -1,0 +1,169 @@
+"""Models for jackpot: tiny random ones from configs, real ones from local paths, vocab checks.
+
+Tiny Qwen2/Llama models (hidden 64-512) make every experiment runnable on a CPU; real
+checkpoints are loaded from a local directory only (``local_files_only=True``: no network).
+A rollout model and a policy must share one vocabulary, or ``p_inf`` and ``p_target`` are
+distributions over different sets and every ratio between them is meaningless.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+__all__ = [
+    "ModelSpec",
+    "VocabMismatchError",
+    "build_model",
+    "check_same_vocab",
+    "from_pretrained",
+    "load_tokenizer",
+]
+
+Family = Literal["qwen2", "llama"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A tiny decoder-only model to build from a transformers config with random weights."""
+
+    vocab_size: int
+    """Output-layer size; must match the tokenizer (``CharTokenizer.vocab_size``)."""
+    family: Family = "qwen2"
+    """Architecture: ``qwen2`` (biased QKV) or ``llama``."""
+    hidden_size: int = 64
+    """Width; 128 x 2 layers is a cheap rollout model, 256-512 x 4-6 a policy."""
+    num_layers: int = 2
+    """Decoder blocks."""
+    num_heads: int = 4
+    """Attention heads; must divide ``hidden_size``."""
+    num_kv_heads: int | None = None
+    """Key/value heads for grouped-query attention; None = ``num_heads``."""
+    intermediate_size: int | None = None
+    """MLP width; None = ``4 * hidden_size``."""
+    max_position_embeddings: int = 512
+    """Longest prompt + response; the synthetic tasks need well under 64."""
+    seed: int = 0
+    """Seed of the random initialisation (the global RNG is left untouched)."""
+
+    def __post_init__(self) -> None:
+        """Validate sizes; messages name the field."""
+        if self.family not in ("qwen2", "llama"):
+            raise ValueError(f"family must be 'qwen2' or 'llama', got {self.family!r}")
+        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"num_heads ({self.num_heads}) must divide hidden_size ({self.hidden_size})"
+            )
+        kv_heads = self.num_kv_heads or self.num_heads
+        if self.num_heads % kv_heads:
+            raise ValueError(f"num_kv_heads ({kv_heads}) must divide num_heads ({self.num_heads})")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (used in cache keys and rollout metadata)."""
+        return asdict(self)
+
+
+def build_model(spec: ModelSpec) -> PreTrainedModel:
+    """Random-init model for ``spec``; same spec and seed give the same weights."""
+    common: dict[str, Any] = {
+        "vocab_size": spec.vocab_size,
+        "hidden_size": spec.hidden_size,
+        "intermediate_size": spec.intermediate_size or 4 * spec.hidden_size,
+        "num_hidden_layers": spec.num_layers,
+        "num_attention_heads": spec.num_heads,
+        "num_key_value_heads": spec.num_kv_heads or spec.num_heads,
+        "max_position_embeddings": spec.max_position_embeddings,
+        "tie_word_embeddings": True,
+    }
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed)
+        if spec.family == "qwen2":
+            model: PreTrainedModel = Qwen2ForCausalLM(Qwen2Config(**common))
+        else:
+            model = LlamaForCausalLM(LlamaConfig(**common))
+    return model
+
+
+def _local_dir(path: str | Path) -> Path:
+    """``path`` as an existing directory, or a clear error (we never download)."""
+    directory = Path(path).expanduser()
+    if not directory.is_dir():
+        raise FileNotFoundError(
+            f"model directory {str(directory)!r} does not exist; jackpot loads checkpoints "
+            "from local paths only (download them beforehand, e.g. with `hf download`)"
+        )
+    return directory
+
+
+def from_pretrained(path: str | Path, dtype: torch.dtype | None = None) -> PreTrainedModel:
+    """Load a causal LM from a local directory (``local_files_only=True``)."""
+    model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(
+        _local_dir(path), local_files_only=True, dtype=dtype
+    )
+    return model
+
+
+def load_tokenizer(path: str | Path) -> Any:
+    """Load the tokenizer stored next to a local checkpoint (``local_files_only=True``)."""
+    return AutoTokenizer.from_pretrained(_local_dir(path), local_files_only=True)
+
+
+class VocabMismatchError(ValueError):
+    """Rollout model and policy do not share a vocabulary."""
+
+
+def check_same_vocab(rollout: Any, policy: Any) -> None:
+    """Raise :class:`VocabMismatchError` unless two tokenizers, or two models, share a vocabulary.
+
+    Tokenizers (anything with ``get_vocab()``) must map the same strings to the same ids.
+    Models (anything with ``get_output_embeddings()``) must have output layers of one size:
+    real checkpoints pad that layer beyond the tokenizer, so sizes are the comparable thing.
+    Check the tokenizers and the models in two calls.
+    """
+    if hasattr(rollout, "get_vocab") and hasattr(policy, "get_vocab"):
+        _check_tokenizers(rollout.get_vocab(), policy.get_vocab())
+    elif hasattr(rollout, "get_output_embeddings") and hasattr(policy, "get_output_embeddings"):
+        sizes = [m.get_output_embeddings().weight.shape[0] for m in (rollout, policy)]
+        if sizes[0] != sizes[1]:
+            raise VocabMismatchError(
+                f"rollout model has {sizes[0]} output logits but the policy has {sizes[1]}; "
+                "both must score the same vocabulary"
+            )
+    else:
+        raise TypeError(
+            "check_same_vocab compares two tokenizers (get_vocab) or two models "
+            f"(get_output_embeddings), got {type(rollout).__name__} and {type(policy).__name__}"
+        )
+
+
+def _check_tokenizers(rollout_vocab: dict[str, int], policy_vocab: dict[str, int]) -> None:
+    """Same token -> id mapping, or an error listing a few differences."""
+    if rollout_vocab == policy_vocab:
+        return
+    differing = sorted(
+        tok
+        for tok in set(rollout_vocab) | set(policy_vocab)
+        if rollout_vocab.get(tok) != policy_vocab.get(tok)
+    )
+    examples = ", ".join(
+        f"{tok!r}: {rollout_vocab.get(tok)} vs {policy_vocab.get(tok)}" for tok in differing[:5]
+    )
+    raise VocabMismatchError(
+        f"rollout and policy tokenizers differ on {len(differing)} token(s) "
+        f"(sizes {len(rollout_vocab)} vs {len(policy_vocab)}); e.g. {examples}"
+    )

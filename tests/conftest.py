@@ -1,0 +1,44 @@
+"""Shared fixtures: a tiny, fast version of the default config for trainer tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = ROOT / "configs" / "default.yaml"
+
+
+@pytest.fixture(scope="session")
+def warmstart_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One warm-start cache for the whole session, so tiny models are fine-tuned once."""
+    return tmp_path_factory.mktemp("warmstart")
+
+
+def tiny_overrides(run_dir: Path, cache_dir: Path, steps: int = 2) -> list[str]:
+    """The default config shrunk to seconds: tiny models, 1-digit addition, short rollouts."""
+    return [
+        f"run.dir={run_dir}",
+        f"warmstart.cache_dir={cache_dir}",
+        "warmstart.steps=150",
+        "warmstart.policy_steps=60",
+        "policy.hidden_size=32",
+        "policy.num_layers=2",
+        "policy.num_heads=2",
+        "rollout_model.hidden_size=16",
+        "rollout_model.num_layers=1",
+        "rollout_model.num_heads=2",
+        "task.digits=1",
+        "task.num_train=80",
+        "task.num_eval=8",
+        "rollout.prompts_per_step=4",
+        "rollout.group_size=4",
+        "rollout.max_new_tokens=3",
+        f"trainer.max_steps={steps}",
+        "trainer.eval_every=1",
+        "trainer.eval_samples=2",
+        "trainer.checkpoint_every=1",
+        "trainer.num_threads=1",
+        "run.plot=false",
+    ]
