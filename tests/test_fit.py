@@ -95,8 +95,12 @@ def test_sigkill_mid_run_then_resume_loses_only_uncheckpointed_steps(
     args = ["--config", str(DEFAULT_CONFIG), *tiny_overrides(run_dir, warmstart_cache, steps=40)]
     # Build the warm-start cache first so the kill lands in training, not in SFT.
     load_config(DEFAULT_CONFIG, tiny_overrides(run_dir, warmstart_cache))
-    proc = subprocess.Popen([sys.executable, "-m", "jackpot.fit", *args], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jackpot.fit", *args],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     ckpt_dir = run_dir / "checkpoints"
     deadline = time.time() + 240
     while time.time() < deadline and len(list(ckpt_dir.glob("step-*.ckpt"))) < 2:

@@ -337,8 +337,12 @@ def _fmt_range(low: float, high: float, low_open: bool, high_open: bool) -> str:
     return f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
 
 
-def validate(cfg: JackpotConfig) -> JackpotConfig:
-    """Check every field of ``cfg``; raise :class:`ConfigError` naming the first bad key."""
+def validate(cfg: JackpotConfig, check_devices: bool = True) -> JackpotConfig:
+    """Check every field of ``cfg``; raise :class:`ConfigError` naming the first bad key.
+
+    ``check_devices=False`` skips the comparison with this machine's devices (to validate a
+    GPU cluster's config on a laptop).
+    """
     for key, choices in _CHOICES.items():
         value = _get(cfg, key)
         if value not in choices:
@@ -354,6 +358,8 @@ def validate(cfg: JackpotConfig) -> JackpotConfig:
             rng = _fmt_range(low, high, low_open, high_open)
             raise ConfigError(f"{key}={value!r} is out of range; allowed {key} in {rng}")
     _validate_relations(cfg)
+    if check_devices:
+        _validate_devices(cfg.trainer)
     return cfg
 
 
@@ -396,7 +402,6 @@ def _validate_relations(cfg: JackpotConfig) -> None:
     else:
         _validate_task_size(cfg.task)
     _validate_reward(cfg.task.reward)
-    _validate_devices(cfg.trainer)
     if cfg.rollout.logprobs_k < (s.topk or 1):
         raise ConfigError(
             f"sampler.topk={s.topk} needs rollout.logprobs_k >= {s.topk}, got "
@@ -424,7 +429,10 @@ def _validate_task_size(task: TaskConfig) -> None:
     from jackpot.tasks.synthetic import TaskSpec, make_task
 
     spec = TaskSpec(
-        name=task.name, n_train=task.num_train, n_eval=task.num_eval, seed=task.seed,
+        name=task.name,
+        n_train=task.num_train,
+        n_eval=task.num_eval,
+        seed=task.seed,
         max_digits=task.digits,
     )
     try:
@@ -466,7 +474,9 @@ def _validate_devices(trainer: TrainerConfig) -> None:
 
 
 def load_config(
-    path: str | Path | None = None, overrides: list[str] | None = None
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    check_devices: bool = True,
 ) -> JackpotConfig:
     """Merge ``path`` (YAML) and dotted ``overrides`` onto the schema, then validate.
 
@@ -479,15 +489,7 @@ def load_config(
     try:
         layers = [schema]
         if path is not None:
-            p = Path(path)
-            if not p.is_file():
-                raise ConfigError(f"config file {str(p)!r} does not exist")
-            text = p.read_text()
-            if "${" in text:
-                raise ConfigError(
-                    f"config file {str(p)!r} uses ${{...}} interpolation; configs are plain data"
-                )
-            layers.append(OmegaConf.create(_load_yaml(text, p)))
+            layers.extend(OmegaConf.create(d) for d in _config_layers(Path(path), seen=()))
         if overrides:
             for item in overrides:
                 if "=" not in item:
@@ -500,7 +502,27 @@ def load_config(
     except OmegaConfBaseException as exc:
         raise ConfigError(_omegaconf_message(exc)) from None
     assert isinstance(cfg, JackpotConfig)
-    return validate(cfg)
+    return validate(cfg, check_devices)
+
+
+def _config_layers(path: Path, seen: tuple[Path, ...]) -> list[dict[str, Any]]:
+    """The file's mapping, preceded by those of its ``base:`` chain (a path relative to it)."""
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    if path.resolve() in seen:
+        raise ConfigError(f"config file {str(path)!r} is its own base (a cycle)")
+    text = path.read_text()
+    if "${" in text:
+        raise ConfigError(
+            f"config file {str(path)!r} uses ${{...}} interpolation; configs are plain data"
+        )
+    data = _load_yaml(text, path)
+    base = data.pop("base", None)
+    if base is None:
+        return [data]
+    if not isinstance(base, str):
+        raise ConfigError(f"base={base!r} in {str(path)!r} must be a path to another config")
+    return [*_config_layers(path.parent / base, (*seen, path.resolve())), data]
 
 
 def _load_yaml(text: str, path: Path) -> dict[str, Any]:

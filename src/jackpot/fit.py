@@ -90,7 +90,9 @@ def build_module(cfg: Any) -> Any:
 
     tokenizer = _tokenizer(cfg)
     w = cfg.warmstart
-    policy = _build_model(cfg, "policy", tokenizer, w.steps if w.policy_steps is None else w.policy_steps)
+    policy = _build_model(
+        cfg, "policy", tokenizer, w.steps if w.policy_steps is None else w.policy_steps
+    )
     rollout_model = _build_model(cfg, "rollout_model", tokenizer, w.steps)
     check_same_vocab(rollout_model, policy)
     train, evals = _task_examples(cfg)

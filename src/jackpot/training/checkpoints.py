@@ -89,9 +89,7 @@ def latest_valid_checkpoint(directory: Path) -> Path | None:
     """The newest ``step-*.ckpt`` in ``directory`` that loads; corrupt ones are named and skipped."""
     if not directory.is_dir():
         return None
-    found = sorted(
-        (int(m.group(1)), p) for p in directory.iterdir() if (m := _NAME.match(p.name))
-    )
+    found = sorted((int(m.group(1)), p) for p in directory.iterdir() if (m := _NAME.match(p.name)))
     for _, path in reversed(found):
         try:
             load_checkpoint_file(path, map_location="cpu")

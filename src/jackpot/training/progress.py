@@ -39,7 +39,9 @@ class RLProgressBar(ProgressBar):
         """Open the bar at the resumed step."""
         if self._enabled:
             self.bar = tqdm(
-                total=trainer.max_epochs, initial=trainer.current_epoch, desc="RL steps",
+                total=trainer.max_epochs,
+                initial=trainer.current_epoch,
+                desc="RL steps",
                 dynamic_ncols=True,
             )
 

@@ -1,0 +1,136 @@
+"""Every shipped config loads; every bad input is refused with a message naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from jackpot.config import ConfigError, load_config
+
+from .conftest import ROOT
+
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_every_shipped_config_loads(path: Path, tmp_path: Path) -> None:
+    overrides = []
+    if path.stem == "qwen3-1.7b-to-8b":  # local weights and data: point them at stand-ins
+        for key in ("policy", "rollout_model"):
+            (tmp_path / key).mkdir()
+            overrides.append(f"{key}.path={tmp_path / key}")
+        (tmp_path / "train.jsonl").write_text('{"problem": "1+1", "answer": "2"}\n')
+        overrides.append(f"task.path={tmp_path / 'train.jsonl'}")
+    cfg = load_config(path, overrides, check_devices=path.stem != "qwen3-1.7b-to-8b")
+    assert cfg.trainer.max_steps >= 1
+
+
+def test_paper_config_mirrors_the_paper(tmp_path: Path) -> None:
+    for key in ("policy", "rollout_model"):
+        (tmp_path / key).mkdir()
+    (tmp_path / "d.jsonl").write_text("{}\n")
+    cfg = load_config(
+        ROOT / "configs" / "qwen3-1.7b-to-8b.yaml",
+        [
+            f"policy.path={tmp_path / 'policy'}",
+            f"rollout_model.path={tmp_path / 'rollout_model'}",
+            f"task.path={tmp_path / 'd.jsonl'}",
+        ],
+        check_devices=False,
+    )
+    assert (cfg.sampler.name, cfg.sampler.topk, cfg.rollout.logprobs_k) == ("obrs", 20, 20)
+    assert (cfg.trainer.strategy, cfg.trainer.precision) == ("fsdp", "bf16-true")
+
+
+def test_baseline_configs_change_only_the_method() -> None:
+    default = load_config(ROOT / "configs" / "default.yaml")
+    for name, sampler in [("none", "none"), ("tis", "tis"), ("icepop", "icepop")]:
+        cfg = load_config(ROOT / "configs" / f"{name}.yaml")
+        assert cfg.sampler.name == sampler
+        assert (cfg.policy, cfg.rollout_model, cfg.task, cfg.trainer) == (
+            default.policy,
+            default.rollout_model,
+            default.task,
+            default.trainer,
+        )
+    assert load_config(ROOT / "configs" / "on_policy.yaml").algo.mode == "on_policy"
+
+
+BAD = [
+    (
+        ["sampler.name=obrs", "sampler.lam=0"],
+        r"sampler.lam=0.0 is out of range; allowed sampler.lam in \(0, inf\)",
+    ),
+    (["sampler.name=obrs", "sampler.lam=nan"], "sampler.lam=nan is out of range"),
+    (["sampler.name=obrs", "sampler.budget=1.5"], r"sampler.budget=1.5 .* \(0, 1\]"),
+    (["sampler.name=obrs", "sampler.budget=0"], "sampler.budget=0.0 is out of range"),
+    (["sampler.name=obrs", "sampler.lam=1", "sampler.budget=0.9"], "mutually exclusive"),
+    (["sampler.name=obrs", "sampler.lam=1", "sampler.topk=0"], r"sampler.topk=0 .* \[1, inf\)"),
+    (["sampler.name=obrs", "sampler.lam=1", "sampler.c1=0"], "sampler.c1=0.0 is out of range"),
+    (["sampler.name=obrs", "sampler.lam=1", "sampler.c2=-1"], "sampler.c2=-1.0 is out of range"),
+    (["sampler.name=obrs", "sampler.lam=1", "sampler.p_target=old"], "sampler.p_target='old'"),
+    (["sampler.name=nope"], "unknown sampler 'nope'; installed samplers: .*obrs"),
+    (["sampler.name=tis", "sampler.lam=1"], r"unknown parameter\(s\) \['lam'\]"),
+    (
+        ["sampler.name=icepop", "sampler.alpha=0.9", "sampler.beta=0.5"],
+        "sampler.alpha=0.9 must be < sampler.beta=0.5",
+    ),
+    (["task.reward=nope"], "task.reward='nope' is unknown; installed rewards"),
+    (["task.name=nope"], "task.name='nope' is not allowed"),
+    (["trainer.strategy=magic"], "trainer.strategy='magic' is not allowed"),
+    (
+        ["trainer.max_steps=-3"],
+        r"trainer.max_steps=-3 is out of range; allowed trainer.max_steps in \[1, inf\)",
+    ),
+    (["trainer.max_steps=abc"], "trainer.max_steps: Value 'abc'"),
+    (["trainer.devices=4096"], "trainer.devices=4096 exceeds the"),
+    (["trainer.accelerator=tpu"], "trainer.accelerator='tpu' is not allowed"),
+    (["algo.mode=sideways"], "algo.mode='sideways' is not allowed"),
+    (["algo.ppo_epochs=0"], "algo.ppo_epochs=0 is out of range"),
+    (["rollout.temperature=0"], "rollout.temperature=0.0 is out of range"),
+    (["rollout.top_p=1.5"], r"rollout.top_p=1.5 .* \(0, 1\]"),
+    (["no_such.key=1"], "unknown config key 'no_such'"),
+    (["sampler.no_such=1"], "sampler.no_such"),
+    (["policy.path=/definitely/not/here"], "policy.path='/definitely/not/here' does not exist"),
+    (["task.name=jsonl", "task.path=/nope.jsonl"], "task.path='/nope.jsonl' must be an existing"),
+    (["policy.hidden_size=30", "policy.num_heads=4"], "policy.num_heads=4 must divide"),
+    (
+        ["sampler.name=obrs", "sampler.budget=0.9", "sampler.topk=32"],
+        "needs rollout.logprobs_k >= 32",
+    ),
+    (["task.digits=1", "task.num_train=5000"], "too few distinct problems"),
+    (["rollout.group_size"], "must look like key=value"),
+    (["run.dir=${oc.env:HOME}"], "interpolation"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "match"), BAD, ids=[" ".join(o) for o, _ in BAD])
+def test_bad_values_are_refused_with_the_key(overrides: list[str], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, ["sampler.name=none", *overrides])
+
+
+def test_bad_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("run: [unclosed\n")
+    with pytest.raises(ConfigError, match="is not valid YAML"):
+        load_config(bad)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping at the top level"):
+        load_config(listy)
+    code = tmp_path / "code.yaml"
+    code.write_text("run:\n  dir: ${oc.env:HOME}\n")
+    with pytest.raises(ConfigError, match="interpolation"):
+        load_config(code)
+    loop = tmp_path / "loop.yaml"
+    loop.write_text("base: loop.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(loop)
+    pyobj = tmp_path / "obj.yaml"
+    pyobj.write_text("run: !!python/object/apply:os.system ['true']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(pyobj)
