@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import sys
 
-USAGE = "usage: jackpot {fit,rollout} ...\n  fit      train a run (python -m jackpot.fit)\n  rollout  generate or inspect rollout files (python -m jackpot.rollout)"
+USAGE = (
+    "usage: jackpot {fit,rollout} ...\n"
+    "  fit      train a run (python -m jackpot.fit)\n"
+    "  rollout  generate or inspect rollout files (python -m jackpot.rollout)"
+)
 
 
 def main(argv: list[str] | None = None) -> int:

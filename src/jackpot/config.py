@@ -58,7 +58,7 @@ class TaskConfig:
     """Where prompts, reference answers and rewards come from."""
 
     name: str = "addition"
-    """Synthetic task (``addition``, ``sort``, ``count``) or ``jsonl`` / ``parquet`` for local files."""
+    """Synthetic task (``addition``, ``sort``, ``count``), or ``jsonl`` / ``parquet`` files."""
     path: str | None = None
     """Local data file for ``jsonl`` / ``parquet`` tasks."""
     prompt_field: str = "prompt"

@@ -30,7 +30,7 @@ class RunResult:
 def _task_examples(cfg: Any) -> tuple[list[Any], list[Any]]:
     """Train and eval examples: a synthetic task, or a local file whose last rows are eval."""
     from jackpot.tasks.datasets import load_examples
-    from jackpot.tasks.synthetic import TaskSpec, make_task
+    from jackpot.tasks.synthetic import make_task
 
     t = cfg.task
     if t.name in ("jsonl", "parquet"):

@@ -6,7 +6,8 @@ the README has the table.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -79,44 +80,55 @@ def timing_stats(
 
 def minibatch_stats(
     loss: Any, logits_new: Tensor, logits_w: Tensor | None, response_mask: Tensor
-) -> dict[str, Tensor | float]:
-    """Loss parts and entropies of one minibatch update (NaN for parts that did not run)."""
-    nan = float("nan")
-    return {
+) -> dict[str, Tensor]:
+    """Loss parts and entropies of one minibatch update; parts that did not run are left out."""
+    out = {
         "loss/policy": loss.policy.detach(),
-        "loss/rollout": nan if loss.rollout is None else loss.rollout.detach(),
-        "distill/loss": nan if loss.distill is None else loss.distill.detach(),
         "policy/entropy": token_entropy(logits_new.detach(), response_mask),
-        "rollout/entropy": nan
-        if logits_w is None
-        else token_entropy(logits_w.detach(), response_mask),
     }
+    if loss.rollout is not None:
+        out["loss/rollout"] = loss.rollout.detach()
+    if loss.distill is not None:
+        out["distill/loss"] = loss.distill.detach()
+    if logits_w is not None:
+        out["rollout/entropy"] = token_entropy(logits_w.detach(), response_mask)
+    return out
 
 
 class MetricTracker(nn.Module):
     """Running means under string keys, one ``MeanMetric`` each, reset after every compute.
 
     ``compute`` all-reduces across processes (torchmetrics), so every rank must update the
-    same keys; values that are NaN are not averaged in but counted under ``<key>/nan``.
+    same keys in a step; NaN observations are ignored.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.means = nn.ModuleDict()
+        self._updated: set[str] = set()
 
-    def update(self, values: dict[str, Tensor | float]) -> None:
+    def update(self, values: Mapping[str, Tensor | float]) -> None:
         """Add one observation per key."""
         for key, value in values.items():
             name = key.replace("/", "__")
             if name not in self.means:
-                device = next((m.device for m in self.means.values()), torch.device("cpu"))
-                self.means[name] = MeanMetric(nan_strategy="ignore").to(device)
-            self.means[name].update(torch.as_tensor(value, dtype=torch.float32).detach())
+                self.means[name] = MeanMetric(nan_strategy="ignore").to(self._device())
+            metric = cast(MeanMetric, self.means[name])
+            metric.update(torch.as_tensor(value, dtype=torch.float32).detach())
+            self._updated.add(name)
+
+    def _device(self) -> torch.device:
+        """Where the existing metrics live (new ones join them)."""
+        for metric in self.means.values():
+            return cast(MeanMetric, metric).device
+        return torch.device("cpu")
 
     def compute(self) -> dict[str, float]:
-        """Synced means as floats, then reset."""
+        """Synced means of the keys updated since the last call, as floats; then reset."""
         out: dict[str, float] = {}
-        for name, metric in self.means.items():
+        for name in sorted(self._updated):
+            metric = cast(MeanMetric, self.means[name])
             out[name.replace("__", "/")] = float(metric.compute())
             metric.reset()
+        self._updated.clear()
         return out

@@ -13,7 +13,8 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, cast
 
 import lightning as L
 import torch
@@ -30,13 +31,16 @@ from jackpot.metrics import (
     rollout_stats,
     timing_stats,
 )
+from jackpot.rollout.batch import RolloutBatch
 from jackpot.rollout.engine import RolloutEngine, SamplingParams
 from jackpot.rollout.hf import HFRolloutEngine
 from jackpot.rollout.sampling import sampling_logprobs
-from jackpot.samplers.base import Sampler
+from jackpot.samplers.base import Sampler, SamplerOutput
 from jackpot.step import (
+    StepTensors,
     forward_logits,
     joint_loss,
+    linear_warmup,
     minibatch_indices,
     prompt_indices,
     run_sampler,
@@ -49,6 +53,39 @@ from jackpot.tasks.synthetic import Example
 __all__ = ["JackpotModule", "NonFiniteError"]
 
 RewardFn = Callable[[list[str], list[str], list[str]], list[float]]
+
+
+@dataclass
+class ScoredRollout:
+    """A step's rollouts with everything fixed before the updates."""
+
+    rollout: RolloutBatch
+    tensors: StepTensors
+    logits_ref: Tensor
+    """``(N, T, V)`` policy logits before the update (p_ref), at the sampling temperature."""
+    logits_inf: Tensor | None
+    """``(N, T, V)`` full log p_inf, rescored from the rollout model (exact-Z samplers only)."""
+
+    def sample(
+        self,
+        sampler: Sampler,
+        index: Tensor,
+        logp_target: Tensor,
+        logits_target: Tensor,
+        gen: torch.Generator,
+    ) -> SamplerOutput:
+        """Run ``sampler`` on rows ``index`` against p_target given for those rows."""
+        cpu_index = index.to(self.rollout.topk_ids.device)
+        return run_sampler(
+            sampler,
+            self.tensors,
+            index,
+            logp_target,
+            logits_target,
+            gen,
+            None if self.logits_inf is None else self.logits_inf[index],
+            (self.rollout.topk_ids[cpu_index], self.rollout.topk_logp[cpu_index]),
+        )
 
 
 class NonFiniteError(RuntimeError):
@@ -110,7 +147,7 @@ class JackpotModule(L.LightningModule):
 
     def train_dataloader(self) -> DataLoader:
         """One placeholder item per epoch: the prompts of RL step ``s`` are chosen from ``s``."""
-        return DataLoader([0], batch_size=1)
+        return DataLoader(cast(Any, [0]), batch_size=1)
 
     def configure_optimizers(self) -> Any:
         """AdamW + linear warm-up for the policy, and for the rollout model when it trains."""
@@ -120,10 +157,9 @@ class JackpotModule(L.LightningModule):
         optimizers, schedulers = [], []
         for model, oc in models:
             opt = torch.optim.AdamW(model.parameters(), lr=oc.lr, weight_decay=oc.weight_decay)
-            warm = max(oc.warmup_steps, 1)
             optimizers.append(opt)
             schedulers.append(
-                torch.optim.lr_scheduler.LambdaLR(opt, lambda s, w=warm: min(1.0, (s + 1) / w))
+                torch.optim.lr_scheduler.LambdaLR(opt, linear_warmup(oc.warmup_steps))
             )
         return optimizers, schedulers
 
@@ -148,22 +184,48 @@ class JackpotModule(L.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> None:
         """Roll out, score, and update both models on the same trajectories."""
         step = self.current_epoch
-        cfg = self.cfg
         t0 = time.perf_counter()
         rollout = self._rollout(step)
         t_rollout = time.perf_counter() - t0
-        texts = self._decode(rollout)
         rewards = torch.as_tensor(
-            self.reward_fn(rollout.prompts, texts, rollout.answers), dtype=torch.float32
+            self.reward_fn(rollout.prompts or [], self._decode(rollout), rollout.answers or []),
+            dtype=torch.float32,
         )
         t1 = time.perf_counter()
+        scored = self._score(rollout, rewards)
+        gen = seeded_generator(self.cfg.run.seed, step, self.global_rank, 1, self.device)
+        fixed = None
+        if self.sampler.p_target == "ref":  # acceptance and weights fixed for the whole update
+            everything = torch.arange(rollout.num_sequences, device=self.device)
+            fixed = scored.sample(
+                self.sampler, everything, scored.tensors.logp_ref, scored.logits_ref, gen
+            )
+        opts = self._optimizers()
+        n_tokens = 0
+        for _ in range(self.cfg.algo.ppo_epochs):
+            for index in minibatch_indices(rollout.num_sequences, self.cfg.algo.minibatches, gen):
+                self._minibatch_update(scored, index, fixed, gen, opts)
+                n_tokens += int(scored.tensors.response_mask[index].sum())
+        self._log_step(step, rollout, rewards, t_rollout, time.perf_counter() - t1, n_tokens)
+
+    def _score(self, rollout: RolloutBatch, rewards: Tensor) -> ScoredRollout:
+        """Old log-probs of both models (no grad), advantages, and p_inf where it is needed."""
         with torch.no_grad():
             logits_ref = self._response_logits(self.policy, rollout)
+            need_full = "logits" in self.sampler.needs()
             logits_w_old = (
                 self._response_logits(self.rollout_model, rollout)
-                if self.train_rollout or self._needs_full_p_inf()
+                if self.train_rollout or need_full
                 else None
             )
+        if need_full and (logits_w_old is None or self.cfg.algo.mode != "decoupled"):
+            raise ValueError(
+                f"sampler {self.sampler.name!r} needs the full p_inf, which only the decoupled "
+                "mode has (the rollout model is rescored)"
+            )
+        logp_w_old = None
+        if self.train_rollout and logits_w_old is not None:
+            logp_w_old = token_logp(logits_w_old, rollout.response_ids)
         tensors = step_tensors(
             rollout.response_ids,
             rollout.response_mask,
@@ -171,76 +233,61 @@ class JackpotModule(L.LightningModule):
             rollout.group_ids,
             rollout.logp_inf,
             token_logp(logits_ref, rollout.response_ids),
-            None if not self.train_rollout else token_logp(logits_w_old, rollout.response_ids),
-            cfg.algo.advantage,
+            logp_w_old,
+            self.cfg.algo.advantage,
         )
-        logits_inf = self._sampling_logp(logits_w_old) if self._needs_full_p_inf() else None
-        topk_inf = (rollout.topk_ids, rollout.topk_logp)
-        gen = seeded_generator(cfg.run.seed, step, self.global_rank, stream=1)
-        fixed = None
-        if self.sampler.p_target == "ref":  # acceptance and weights fixed for the whole update
-            everything = torch.arange(rollout.num_sequences, device=self.device)
-            fixed = run_sampler(
-                self.sampler,
-                tensors,
-                everything,
-                tensors.logp_ref,
-                logits_ref,
-                gen,
-                logits_inf,
-                topk_inf,
-            )
-        opts = self._optimizers()
-        n_tokens = 0
-        for _ in range(cfg.algo.ppo_epochs):
-            for index in minibatch_indices(rollout.num_sequences, cfg.algo.minibatches, gen):
-                index = index.to(self.device)
-                logits_new = self._response_logits(self.policy, rollout, index)
-                if fixed is not None:
-                    sampled = fixed.select(index)
-                else:  # p_target = new: recomputed from the current, detached policy
-                    detached = logits_new.detach()
-                    sampled = run_sampler(
-                        self.sampler,
-                        tensors,
-                        index,
-                        token_logp(detached, tensors.response_ids[index]),
-                        detached,
-                        gen,
-                        None if logits_inf is None else logits_inf[index],
-                        (topk_inf[0][index], topk_inf[1][index]),
-                    )
-                logits_w = (
-                    self._response_logits(self.rollout_model, rollout, index)
-                    if self.train_rollout
-                    else None
-                )
-                loss = joint_loss(
-                    tensors,
-                    index,
-                    logits_new,
-                    sampled,
-                    logits_w=logits_w,
-                    distill_coef=self._distill_coef(),
-                    distill_direction=cfg.algo.distill_direction,
-                    clip_eps=cfg.algo.clip_eps,
-                    clip=cfg.algo.clip,
-                    agg=cfg.algo.agg,
-                    rollout_tis_cap=cfg.algo.rollout_tis_cap,
-                    max_len=cfg.rollout.max_new_tokens,
-                )
-                self._update(opts, loss.total)
-                n_tokens += rollout.select(index.cpu()).num_tokens
-                self.tracker.update({**sampled.metrics, **loss.stats})
-                self.tracker.update(
-                    minibatch_stats(loss, logits_new, logits_w, tensors.response_mask[index])
-                )
-        t_train = time.perf_counter() - t1
-        self._log_step(step, rollout, rewards, t_rollout, t_train, n_tokens)
+        logits_inf = None
+        if need_full and logits_w_old is not None:
+            r = self.cfg.rollout  # logits are already scaled by the temperature: truncate only
+            logits_inf = sampling_logprobs(logits_w_old, 1.0, r.top_k, r.top_p)
+        return ScoredRollout(rollout, tensors, logits_ref, logits_inf)
+
+    def _minibatch_update(
+        self,
+        scored: ScoredRollout,
+        index: Tensor,
+        fixed: SamplerOutput | None,
+        gen: torch.Generator,
+        opts: list[Any],
+    ) -> None:
+        """One joint update of both models on rows ``index``."""
+        cfg = self.cfg
+        index = index.to(self.device)
+        logits_new = self._response_logits(self.policy, scored.rollout, index)
+        if fixed is not None:
+            sampled = fixed.select(index)
+        else:  # p_target = new: recomputed from the current, detached policy (Algorithm 1)
+            detached = logits_new.detach()
+            logp_new = token_logp(detached, scored.tensors.response_ids[index])
+            sampled = scored.sample(self.sampler, index, logp_new, detached, gen)
+        logits_w = (
+            self._response_logits(self.rollout_model, scored.rollout, index)
+            if self.train_rollout
+            else None
+        )
+        loss = joint_loss(
+            scored.tensors,
+            index,
+            logits_new,
+            sampled,
+            logits_w=logits_w,
+            distill_coef=self._distill_coef(),
+            distill_direction=cfg.algo.distill_direction,
+            clip_eps=cfg.algo.clip_eps,
+            clip=cfg.algo.clip,
+            agg=cfg.algo.agg,
+            rollout_tis_cap=cfg.algo.rollout_tis_cap,
+            max_len=cfg.rollout.max_new_tokens,
+        )
+        self._update(opts, loss.total)
+        self.tracker.update({**sampled.metrics, **loss.stats})
+        self.tracker.update(
+            minibatch_stats(loss, logits_new, logits_w, scored.tensors.response_mask[index])
+        )
 
     # ------------------------------------------------------------------ helpers
 
-    def _rollout(self, step: int) -> Any:
+    def _rollout(self, step: int) -> RolloutBatch:
         """Sample this step's prompts and roll them out with the rollout engine."""
         cfg = self.cfg
         idx = prompt_indices(
@@ -256,7 +303,7 @@ class JackpotModule(L.LightningModule):
 
     def _generate(
         self, engine: RolloutEngine, examples: list[Example], group: int, step: int, stream: int
-    ) -> Any:
+    ) -> RolloutBatch:
         gen = seeded_generator(self.cfg.run.seed, step, self.global_rank, stream, self.device)
         ids = [self.tokenizer.encode(e.prompt) for e in examples]
         batch = engine.generate(ids, group, self.sampling, gen)
@@ -269,13 +316,13 @@ class JackpotModule(L.LightningModule):
         """The policy's engine (on-policy runs, evaluation) or the rollout model's."""
         use_policy = policy or self.cfg.algo.mode == "on_policy"
         model = self.policy if use_policy else self.rollout_model
-        return HFRolloutEngine(model, self.tokenizer.pad_token_id)
+        return HFRolloutEngine(cast(Any, model), self.tokenizer.pad_token_id)
 
-    def _decode(self, rollout: Any) -> list[str]:
+    def _decode(self, rollout: RolloutBatch) -> list[str]:
         return [self.tokenizer.decode(r) for r in rollout.response_lists()]
 
     def _response_logits(
-        self, model: nn.Module, rollout: Any, index: Tensor | None = None
+        self, model: nn.Module, rollout: RolloutBatch, index: Tensor | None = None
     ) -> Tensor:
         """``(n, T, V)`` logits of ``model`` for the response tokens at the sampling temperature."""
         ids, mask = rollout.full_sequences()
@@ -284,16 +331,6 @@ class JackpotModule(L.LightningModule):
         return forward_logits(
             model, ids, mask, rollout.prompt_ids.shape[1], self.cfg.rollout.temperature
         )
-
-    def _sampling_logp(self, logits: Tensor) -> Tensor:
-        """Full ``log p_inf`` ``(N, T, V)``: the rollout model's truncated sampling distribution."""
-        r = self.cfg.rollout
-        # logits are already divided by the temperature: apply only the truncation here.
-        return sampling_logprobs(logits, 1.0, r.top_k, r.top_p)
-
-    def _needs_full_p_inf(self) -> bool:
-        """Exact-Z samplers need the full p_inf; the rollout model can recompute it."""
-        return "logits" in self.sampler.needs() and self.cfg.algo.mode == "decoupled"
 
     def _optimizers(self) -> list[Any]:
         opts = self.optimizers()
@@ -351,7 +388,7 @@ class JackpotModule(L.LightningModule):
     def _log_step(
         self,
         step: int,
-        rollout: Any,
+        rollout: RolloutBatch,
         rewards: Tensor,
         t_rollout: float,
         t_train: float,
@@ -361,8 +398,9 @@ class JackpotModule(L.LightningModule):
         self.tracker.update(
             rollout_stats(rewards, rollout.response_mask, rollout.finished)
             | timing_stats(rollout.num_tokens, t_rollout, n_tokens, t_train)
-            | {"distill/coef": self._distill_coef()}
         )
+        if self.train_rollout:
+            self.tracker.update({"distill/coef": self._distill_coef()})
         if self.cfg.trainer.eval_every and (step + 1) % self.cfg.trainer.eval_every == 0:
             self.tracker.update(self.evaluate(step))
         if self.trainer.world_size > 1:
@@ -378,7 +416,7 @@ class JackpotModule(L.LightningModule):
     def _param_divergence(self) -> Tensor:
         """Largest difference of a parameter checksum across ranks: 0 when replicas agree."""
         checksum = torch.stack([param_checksum(self.policy), param_checksum(self.rollout_model)])
-        gathered = self.all_gather(checksum)  # (world, 2)
+        gathered = cast(Tensor, self.all_gather(checksum))  # (world, 2)
         return (gathered.amax(0) - gathered.amin(0)).max()
 
     @torch.no_grad()
@@ -388,6 +426,8 @@ class JackpotModule(L.LightningModule):
         batch = self._generate(
             self._engine(policy=True), examples, self.cfg.trainer.eval_samples, step, stream=2
         )
-        rewards = torch.as_tensor(self.reward_fn(batch.prompts, self._decode(batch), batch.answers))
+        rewards = torch.as_tensor(
+            self.reward_fn(batch.prompts or [], self._decode(batch), batch.answers or [])
+        )
         mean_k, pass_k = mean_and_pass_at_k(rewards, batch.group_ids.cpu())
         return {"eval/accuracy": mean_k, "eval/pass_at_k": pass_k}

@@ -7,6 +7,7 @@ scalar loss lives here, so a test can run it on hand-made tensors without a Trai
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +29,7 @@ __all__ = [
     "candidate_set",
     "forward_logits",
     "joint_loss",
+    "linear_warmup",
     "minibatch_indices",
     "prompt_indices",
     "run_sampler",
@@ -35,6 +37,12 @@ __all__ = [
     "step_tensors",
     "token_logp",
 ]
+
+
+def linear_warmup(steps: int) -> Callable[[int], float]:
+    """LR multiplier rising linearly over ``steps`` optimiser steps, then 1."""
+    warm = max(steps, 1)
+    return lambda s: min(1.0, (s + 1) / warm)
 
 
 def seeded_generator(
@@ -52,7 +60,7 @@ def seeded_generator(
 def prompt_indices(
     num_examples: int, step: int, per_rank: int, seed: int, rank: int, world: int
 ) -> list[int]:
-    """The training prompts of RL step ``step`` on ``rank``: a seeded draw, disjoint across ranks."""
+    """Training prompts of RL step ``step`` on ``rank``: a seeded draw, disjoint across ranks."""
     gen = seeded_generator(seed, step, rank=0, stream=3)
     total = per_rank * world
     picks = torch.randperm(num_examples, generator=gen)[: min(total, num_examples)]
@@ -122,7 +130,7 @@ def step_tensors(
 
 def minibatch_indices(n: int, num_minibatches: int, generator: torch.Generator) -> list[Tensor]:
     """A random split of ``range(n)`` into ``num_minibatches`` near-equal index tensors."""
-    order = torch.randperm(n, generator=generator)
+    order = torch.randperm(n, generator=generator, device=generator.device)
     return [chunk for chunk in order.chunk(min(num_minibatches, n)) if chunk.numel()]
 
 

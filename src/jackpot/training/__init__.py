@@ -1,1 +1,1 @@
-"""Lightning plumbing of a run: checkpoint I/O, the metrics CSV logger, the progress bar, the plot."""
+"""Lightning plumbing of a run: checkpoint I/O, metrics CSV logger, progress bar, plot."""

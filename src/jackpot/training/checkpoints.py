@@ -86,7 +86,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def latest_valid_checkpoint(directory: Path) -> Path | None:
-    """The newest ``step-*.ckpt`` in ``directory`` that loads; corrupt ones are named and skipped."""
+    """The newest ``step-*.ckpt`` in ``directory`` that loads; corrupt ones are named, skipped."""
     if not directory.is_dir():
         return None
     found = sorted((int(m.group(1)), p) for p in directory.iterdir() if (m := _NAME.match(p.name)))

@@ -38,7 +38,7 @@ class MetricsCSVLogger(Logger):
         self.directory = Path(directory)
         self.path = self.directory / "metrics.csv"
         self._rows: list[dict[str, float]] = []
-        if rank_zero_only.rank == 0:
+        if getattr(rank_zero_only, "rank", 0) == 0:
             self.directory.mkdir(parents=True, exist_ok=True)
             if resume_from_step is None:
                 self.path.unlink(missing_ok=True)
