@@ -63,7 +63,7 @@ def test_smoke_two_steps_of_the_default_config(tmp_path: Path, warmstart_cache: 
     result = run(cfg)
     rows = read_metrics(result.metrics_csv)
     assert [r["step"] for r in rows] == [0.0, 1.0]
-    assert REQUIRED_KEYS <= set(rows[-1]), REQUIRED_KEYS - set(rows[-1])
+    assert set(rows[-1]) >= REQUIRED_KEYS, REQUIRED_KEYS - set(rows[-1])
     assert all(math.isfinite(v) for v in rows[-1].values())
     assert 0.0 < rows[-1]["obrs/accept_rate"] <= 1.0
     assert result.plot is not None and result.plot.stat().st_size > 10_000
@@ -184,3 +184,40 @@ def test_console_script_dispatches_fit() -> None:
 
     assert cli_main(["fit", "--config", str(DEFAULT_CONFIG), "--print-config"]) == 0
     assert cli_main(["nope"]) == 2
+
+
+def test_nonfinite_updates_are_skipped_then_the_run_stops_with_a_checkpoint(
+    tmp_path: Path, warmstart_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reward plugin that returns NaN: every update is non-finite, skipped, then the run stops."""
+    from jackpot.module import NonFiniteError
+    from jackpot.tasks import rewards
+
+    plugin = tmp_path / "plugin"
+    dist = plugin / "nan_reward-0.1.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: nan-reward\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[jackpot.rewards]\nnan_reward = nan_reward_mod:fn\n")
+    (plugin / "nan_reward_mod.py").write_text(
+        "def fn(prompts, completions, answers):\n    return [float('nan')] * len(completions)\n"
+    )
+    monkeypatch.syspath_prepend(str(plugin))
+    rewards._registry.cache_clear()
+    try:
+        cfg = load_config(
+            DEFAULT_CONFIG,
+            [
+                *tiny_overrides(tmp_path / "run", warmstart_cache, steps=5),
+                "task.reward=nan_reward",
+                "algo.max_nonfinite_skips=3",
+                "algo.minibatches=2",
+            ],
+        )
+        with pytest.raises(NonFiniteError, match="3 consecutive updates .* last good state saved"):
+            run(cfg)
+    finally:
+        rewards._registry.cache_clear()
+    rows = read_metrics(tmp_path / "run" / "metrics.csv")
+    assert rows[0]["train/skipped_updates"] == 1.0  # both minibatches of step 0 skipped
+    assert rows[0]["data/nonfinite_reward_frac"] == 1.0
+    assert (tmp_path / "run" / "checkpoints" / "nonfinite-stop.ckpt").is_file()

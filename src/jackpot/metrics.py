@@ -6,6 +6,7 @@ the README has the table.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -55,13 +56,29 @@ def param_checksum(model: nn.Module) -> Tensor:
     return total
 
 
-def rollout_stats(rewards: Tensor, response_mask: Tensor, finished: Tensor) -> dict[str, Tensor]:
-    """Reward and response-length statistics of one step's rollouts."""
+def rollout_stats(
+    rewards: Tensor, group_ids: Tensor, response_mask: Tensor, finished: Tensor
+) -> dict[str, Tensor]:
+    """Reward, length and data-quality counters of one step's rollouts.
+
+    ``data/zero_adv_group_frac``: groups whose rewards are all equal (no learning signal);
+    ``data/empty_response_frac``: responses with no token; ``data/nonfinite_reward_frac``:
+    NaN/inf rewards (their update is skipped as non-finite).
+    """
+    r = rewards.float()
+    finite = torch.isfinite(r)
+    groups, inverse = torch.unique(group_ids.cpu(), return_inverse=True)
+    r_cpu = r.cpu()
+    g_max = torch.full((len(groups),), -math.inf).scatter_reduce(0, inverse, r_cpu, "amax")
+    g_min = torch.full((len(groups),), math.inf).scatter_reduce(0, inverse, r_cpu, "amin")
     return {
-        "reward/mean": rewards.float().mean(),
-        "reward/std": rewards.float().std() if rewards.numel() > 1 else torch.zeros(()),
+        "reward/mean": r[finite].mean() if bool(finite.any()) else torch.zeros(()),
+        "reward/std": r[finite].std() if int(finite.sum()) > 1 else torch.zeros(()),
         "response/length": response_mask.sum(-1).float().mean(),
         "response/truncated_frac": (~finished.bool()).float().mean(),
+        "data/zero_adv_group_frac": (g_max == g_min).float().mean(),
+        "data/empty_response_frac": (response_mask.sum(-1) == 0).float().mean(),
+        "data/nonfinite_reward_frac": (~finite).float().mean(),
     }
 
 
@@ -79,12 +96,17 @@ def timing_stats(
 
 
 def minibatch_stats(
-    loss: Any, logits_new: Tensor, logits_w: Tensor | None, response_mask: Tensor
+    loss: Any,
+    logits_new: Tensor,
+    logits_w: Tensor | None,
+    response_mask: Tensor,
+    sampled_mask: Tensor,
 ) -> dict[str, Tensor]:
     """Loss parts and entropies of one minibatch update; parts that did not run are left out."""
     out = {
         "loss/policy": loss.policy.detach(),
         "policy/entropy": token_entropy(logits_new.detach(), response_mask),
+        "data/all_rejected_minibatch_frac": (sampled_mask.sum() == 0).float(),
     }
     if loss.rollout is not None:
         out["loss/rollout"] = loss.rollout.detach()

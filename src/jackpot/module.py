@@ -282,7 +282,9 @@ class JackpotModule(L.LightningModule):
         self._update(opts, loss.total)
         self.tracker.update({**sampled.metrics, **loss.stats})
         self.tracker.update(
-            minibatch_stats(loss, logits_new, logits_w, scored.tensors.response_mask[index])
+            minibatch_stats(
+                loss, logits_new, logits_w, scored.tensors.response_mask[index], sampled.mask
+            )
         )
 
     # ------------------------------------------------------------------ helpers
@@ -396,7 +398,7 @@ class JackpotModule(L.LightningModule):
     ) -> None:
         """Add the step-level metrics, evaluate when due, sync, feed the controller, log."""
         self.tracker.update(
-            rollout_stats(rewards, rollout.response_mask, rollout.finished)
+            rollout_stats(rewards, rollout.group_ids, rollout.response_mask, rollout.finished)
             | timing_stats(rollout.num_tokens, t_rollout, n_tokens, t_train)
         )
         if self.train_rollout:

@@ -198,7 +198,9 @@ def _convert_tensors(raw: dict[str, Tensor]) -> dict[str, Tensor]:
             raise RolloutFormatError(name, f"dtype in ({names})", str(value.dtype))
         if target == torch.bool and value.dtype != torch.bool:
             if bool(((value != 0) & (value != 1)).any()):
-                raise RolloutFormatError(name, "values 0 or 1", f"{sorted(value.unique().tolist())}")
+                raise RolloutFormatError(
+                    name, "values 0 or 1", f"{sorted(value.unique().tolist())}"
+                )
         out[name] = value.to(target)
     return out
 

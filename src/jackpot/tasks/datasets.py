@@ -21,9 +21,7 @@ class DatasetFormatError(ValueError):
     """A dataset file cannot be read as prompt/answer records."""
 
 
-def _to_example(
-    record: Any, where: str, prompt_field: str, answer_field: str
-) -> Example:
+def _to_example(record: Any, where: str, prompt_field: str, answer_field: str) -> Example:
     """One record -> :class:`Example`, or an error naming the missing field."""
     if not isinstance(record, Mapping):
         raise DatasetFormatError(f"{where}: expected a JSON object, found {type(record).__name__}")
@@ -83,7 +81,9 @@ def load_parquet(
             "(set prompt_field / answer_field)"
         )
     rows = table.select([prompt_field, answer_field]).to_pylist()
-    return _collect(((f"{file} row {i}", row) for i, row in enumerate(rows)), prompt_field, answer_field)
+    return _collect(
+        ((f"{file} row {i}", row) for i, row in enumerate(rows)), prompt_field, answer_field
+    )
 
 
 def load_examples(

@@ -114,6 +114,17 @@ class PeriodicCheckpoint(Callback):
         if done % self.every == 0 or done == trainer.max_epochs:
             self.save(trainer, done)
 
+    def on_exception(
+        self, trainer: Trainer, pl_module: LightningModule, exception: BaseException
+    ) -> None:
+        """On a non-finite stop, keep the current (last good) weights for inspection."""
+        from jackpot.module import NonFiniteError
+
+        if isinstance(exception, NonFiniteError):
+            path = self.directory / "nonfinite-stop.ckpt"
+            trainer.save_checkpoint(path)
+            exception.args = (f"{exception.args[0]}; last good state saved to {path}",)
+
     def save(self, trainer: Trainer, steps_done: int) -> Path:
         """Write the checkpoint for ``steps_done`` and prune older ones (rank 0 writes)."""
         path = checkpoint_path(self.directory, steps_done)
