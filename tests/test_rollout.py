@@ -93,9 +93,7 @@ def test_first_token_frequencies_match_the_recorded_distribution(
     """Chi-square goodness of fit of 6000 first tokens; false-alarm rate alpha = 1e-3."""
     alpha = 1e-3  # with the fixed seed the outcome is deterministic; alpha bounds bad luck
     params = SamplingParams(temperature=0.8, top_p=0.6, max_new_tokens=1, logprobs_k=VOCAB)
-    batch = rollout_engine.generate(
-        [[1, 4, 7]], 6000, params, torch.Generator().manual_seed(1234)
-    )
+    batch = rollout_engine.generate([[1, 4, 7]], 6000, params, torch.Generator().manual_seed(1234))
     probs = torch.zeros(VOCAB).scatter(0, batch.topk_ids[0, 0], batch.topk_logp[0, 0].exp())
     assert float(probs.sum()) == pytest.approx(1.0, abs=1e-5)
     counts = torch.bincount(batch.response_ids[:, 0], minlength=VOCAB).double()
@@ -129,7 +127,9 @@ def test_sampling_logprobs_matches_transformers_warpers(
 def test_greedy_is_a_point_mass_on_the_argmax() -> None:
     """temperature 0: log-prob 0 on the first argmax, -inf elsewhere."""
     logits = torch.tensor([[0.0, 3.0, 3.0, 1.0]])
-    assert sampling_logprobs(logits, 0.0, 0, 1.0).tolist() == [[-torch.inf, 0.0, -torch.inf, -torch.inf]]
+    assert sampling_logprobs(logits, 0.0, 0, 1.0).tolist() == [
+        [-torch.inf, 0.0, -torch.inf, -torch.inf]
+    ]
 
 
 def test_ragged_left_padded_prompts_and_groups(rollout_engine: HFRolloutEngine) -> None:

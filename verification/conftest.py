@@ -125,9 +125,11 @@ def pairs(
     elif mode in ("same_support", "extreme_same_support"):
         kind = "zeros" if mode == "same_support" else "extreme"
         lt_l = draw(logit_vectors(v, kind))
-        elem = finite_logit if mode == "same_support" else st.one_of(finite_logit, *[
-            st.just(x) for x in EXTREME_LOGITS
-        ])
+        elem = (
+            finite_logit
+            if mode == "same_support"
+            else st.one_of(finite_logit, *[st.just(x) for x in EXTREME_LOGITS])
+        )
         li_l = [draw(elem) if x != NEG_INF else NEG_INF for x in lt_l]
     elif mode == "target_zeros":
         lt_l = draw(logit_vectors(v, "zeros"))
@@ -155,9 +157,7 @@ def pairs(
             draw(finite_logit) if (t != NEG_INF and i == NEG_INF) else i
             for t, i in zip(lt_l, li_l, strict=True)
         ]
-    if overlap and not any(
-        t != NEG_INF and i != NEG_INF for t, i in zip(lt_l, li_l, strict=True)
-    ):
+    if overlap and not any(t != NEG_INF and i != NEG_INF for t, i in zip(lt_l, li_l, strict=True)):
         j = max(range(v), key=lambda k: lt_l[k])
         li_l[j] = 0.0
     return log_softmax(lt_l), log_softmax(li_l)
@@ -166,8 +166,7 @@ def pairs(
 def special_lams(lt: torch.Tensor, li: torch.Tensor) -> list[float]:
     """1, the largest and smallest ratio (classic RS bound and p_obrs = p_inf threshold), and
     every other breakpoint ``r_x``, restricted to normal float64 values."""
-    out = [1.0] + sorted({math.exp(x) for x in ref.joint_log_ratios(lt, li) if -690 < x < 690})
-    return out
+    return [1.0, *sorted({math.exp(x) for x in ref.joint_log_ratios(lt, li) if -690 < x < 690})]
 
 
 @st.composite
@@ -179,9 +178,7 @@ def lams(draw: st.DrawFn, lt: torch.Tensor, li: torch.Tensor) -> float:
 
 
 @st.composite
-def pair_and_lam(
-    draw: st.DrawFn, **pair_kwargs: bool
-) -> tuple[torch.Tensor, torch.Tensor, float]:
+def pair_and_lam(draw: st.DrawFn, **pair_kwargs: bool) -> tuple[torch.Tensor, torch.Tensor, float]:
     """``(logp_target, logp_inf, lam)``."""
     lt, li = draw(pairs(**pair_kwargs))
     return lt, li, draw(lams(lt, li))
@@ -193,9 +190,7 @@ def budgets(draw: st.DrawFn, lt: torch.Tensor, li: torch.Tensor) -> float:
     top = ref.mp_max_budget(lt, li)
     assume(top > 1e-290)  # a budget must be a positive normal float
     breaks = [
-        float(ref.mp_z(lt, li, math.exp(x)))
-        for x in ref.joint_log_ratios(lt, li)
-        if -690 < x < 690
+        float(ref.mp_z(lt, li, math.exp(x))) for x in ref.joint_log_ratios(lt, li) if -690 < x < 690
     ]
     choice = draw(st.sampled_from(["max", "break", "fraction", "fraction"]))
     if choice == "max":

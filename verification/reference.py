@@ -17,6 +17,7 @@ such quantities, and ``L`` entering through two inputs).
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -46,9 +47,7 @@ def finite_max_abs(*logps: torch.Tensor | Sequence[float]) -> float:
     return max(vals, default=0.0)
 
 
-def rel_tol(
-    *logps: torch.Tensor | Sequence[float], lam: float = 1.0, eps: float = EPS64
-) -> float:
+def rel_tol(*logps: torch.Tensor | Sequence[float], lam: float = 1.0, eps: float = EPS64) -> float:
     """Relative rounding bound of one OBRS quantity (module docstring)."""
     v = max((len(floats(lp)) for lp in logps), default=1)
     big = finite_max_abs(*logps) + abs(math.log(lam))
@@ -72,7 +71,7 @@ def _mass(logp: torch.Tensor | Sequence[float]) -> mpf:
 
 
 def mp_ratios(lt: torch.Tensor, li: torch.Tensor, normalize: bool = True) -> list[mpf | None]:
-    """``r = p_target / p_inf`` per token: ``None`` where both are 0, ``inf`` where only p_inf is."""
+    """``r = p_target / p_inf`` per token: ``None`` where both are 0, ``inf`` where p_inf is."""
     out: list[mpf | None] = []
     # ratio of the renormalised distributions (see mp_probs)
     norm = _mass(li) / _mass(lt) if normalize else mpf(1)
@@ -146,7 +145,7 @@ def mp_solve_lambda(
     if budget >= top:
         return r[0]  # every lam <= r_min reaches the maximal budget; the largest is r_min
     edges = [*r, MP_INF]
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+    for lo, hi in itertools.pairwise(edges):
         # on [lo, hi): tokens with r >= hi are fully accepted, the rest scaled by 1/lam
         p = mpmath.fsum(i for i, x in zip(pi, rr, strict=True) if x is not None and x >= hi)
         q = mpmath.fsum(t for t, x in zip(pt, rr, strict=True) if x is not None and x < hi)

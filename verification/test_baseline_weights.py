@@ -125,22 +125,22 @@ def _check_sequence_level(li: torch.Tensor, lref: torch.Tensor, mask: torch.Tens
 
 
 @given(token_batches(max_abs=20.0, allow_zero_ref=False))
-def test_token_level_matches_verl_inside_clamp(case) -> None:  # noqa: ANN001
+def test_token_level_matches_verl_inside_clamp(case) -> None:
     _check_token_level(*case)
 
 
 @given(token_batches(max_abs=60.0, allow_zero_ref=True))
-def test_token_level_matches_verl_beyond_clamp(case) -> None:  # noqa: ANN001
+def test_token_level_matches_verl_beyond_clamp(case) -> None:
     _check_token_level(*case)
 
 
 @given(token_batches(max_abs=20.0, allow_zero_ref=False))
-def test_sequence_level_matches_verl_inside_clamp(case) -> None:  # noqa: ANN001
+def test_sequence_level_matches_verl_inside_clamp(case) -> None:
     _check_sequence_level(*case)
 
 
 @given(token_batches(max_abs=60.0, allow_zero_ref=True))
-def test_sequence_level_matches_verl_beyond_clamp(case) -> None:  # noqa: ANN001
+def test_sequence_level_matches_verl_beyond_clamp(case) -> None:
     """Token log-ratios beyond +-20 (or p_ref = 0): verl sums/averages the RAW log-ratios and
     clamps the aggregate; a per-token clamp before aggregating changes the result."""
     _check_sequence_level(*case)

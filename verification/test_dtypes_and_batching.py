@@ -134,9 +134,7 @@ def test_sparse_topk_and_token_level_dtypes(dtype: torch.dtype, case: tuple) -> 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @given(case=batched_pairs(), chunk=st.integers(1, 4))
-def test_logits_functions_dtype_and_exactness(
-    dtype: torch.dtype, case: tuple, chunk: int
-) -> None:
+def test_logits_functions_dtype_and_exactness(dtype: torch.dtype, case: tuple, chunk: int) -> None:
     """``normalizer_from_logits`` / ``max_log_ratio_from_logits`` / ``topk_logprobs`` /
     ``token_logprobs``: dtype preserved for float32 and float64 logits, any chunk size, and
     equal to the log-prob functions on ``log_softmax(logits)`` within that dtype's rounding

@@ -49,9 +49,7 @@ def test_k1_and_k3_unbiased_by_enumeration(pair: tuple[torch.Tensor, torch.Tenso
     assert all(x >= 0 for x in k3)
 
 
-logp = st.one_of(
-    st.floats(-50.0, 0.0), st.sampled_from([0.0, -700.0, -1e4]), st.just(-math.inf)
-)
+logp = st.one_of(st.floats(-50.0, 0.0), st.sampled_from([0.0, -700.0, -1e4]), st.just(-math.inf))
 
 
 @given(st.lists(st.tuples(st.floats(-1e4, 0.0), logp), min_size=1, max_size=16))
@@ -70,9 +68,7 @@ def test_k3_non_negative_and_formulas(rows: list[tuple[float, float]]) -> None:
 
 
 # sampler weights: 0, or in [e^-20, e^20] (TIS, IS) or below c1 (OBRS)
-weights = st.lists(
-    st.one_of(st.just(0.0), st.floats(1e-9, 5e8)), min_size=1, max_size=32
-)
+weights = st.lists(st.one_of(st.just(0.0), st.floats(1e-9, 5e8)), min_size=1, max_size=32)
 
 
 @given(weights, st.data())

@@ -6,7 +6,7 @@ and p_inf covering p_target (otherwise both sides are ``+inf``):
 
     KL(p_t || p_obrs) = log Z(lam) + sum_x p_t(x) log max(r(x), lam)
     G(lam) := KL(p_t || p_inf) - KL(p_t || p_obrs) = -log Z(lam) - sum_{r < lam} p_t log(lam / r)
-    G'(lam) = (Q(lam) / lam) * (1 / (lam Z(lam)) - 1) >= 0,  since lam Z = sum min(lam p_inf, p_t) <= 1.
+    G'(lam) = (Q(lam) / lam) * (1 / (lam Z(lam)) - 1) >= 0, as lam Z = sum min(lam p_inf, p_t) <= 1.
 
 So the KL to p_obrs is non-increasing in ``lam`` and the inequality holds for EVERY
 ``lam > 0`` (G(0+) = -log M >= 0). It is:
@@ -34,7 +34,6 @@ import math
 import mpmath
 import torch
 from hypothesis import given
-from hypothesis import strategies as st
 
 from jackpot.functional import post_rejection
 from verification import reference as ref
@@ -123,9 +122,7 @@ def test_divergences_non_increasing_in_lam_and_never_above_p_inf(
     """For all five divergences, along a lam grid through every breakpoint:
     ``D(p_t || p_obrs(lam))`` is non-increasing in lam and ``<= D(p_t || p_inf)``."""
     lt, li = pair
-    grid = sorted(
-        {*special_lams(lt, li), *(10.0**e for e in (-3, -2, -1, -0.5, 0.5, 1, 2, 3))}
-    )
+    grid = sorted({*special_lams(lt, li), *(10.0**e for e in (-3, -2, -1, -0.5, 0.5, 1, 2, 3))})
     pt, pi = ref.mp_probs(lt), ref.mp_probs(li)
     qs = [
         ref.snap_underflow(ref.to_mp(post_rejection(lt, li, lam)), ref.mp_obrs(lt, li, lam))

@@ -90,9 +90,7 @@ def test_solve_lambda_float32(data: st.DataObject) -> None:
     assert abs(ref.mp_z(lt64, li64, float(lam)) - budget) <= tol * budget
 
 
-def _random_rules(
-    rng: np.random.Generator, a_obrs: list[float], v: int
-) -> list[list[float]]:
+def _random_rules(rng: np.random.Generator, a_obrs: list[float], v: int) -> list[list[float]]:
     rules = [list(rng.uniform(0, 1, v)) for _ in range(12)]
     rules += [list(rng.uniform(0, 1, v) ** 4) for _ in range(4)]  # mostly-reject rules
     rules += [[1.0] * v, [0.5] * v]  # scaled to the budget: p_after = p_inf
@@ -128,7 +126,7 @@ def test_obrs_beats_every_feasible_rule(data: st.DataObject) -> None:
                 assert d_obrs <= d_b + slack, (name, b)
 
 
-def _objective(name: str, p: np.ndarray, pinf: np.ndarray, abar: float):  # noqa: ANN202
+def _objective(name: str, p: np.ndarray, pinf: np.ndarray, abar: float):
     """``D(p || pinf b / abar)`` and its gradient in ``b`` (float64, q clipped at 1e-300)."""
 
     def fun(b: np.ndarray) -> tuple[float, np.ndarray]:

@@ -71,7 +71,9 @@ def test_z_non_increasing_continuous_lipschitz(pair: tuple[torch.Tensor, torch.T
             *(10.0**e for e in range(-3, 4)),
         }
     )
-    zs = normalizer(lt.expand(len(grid), -1), li.expand(len(grid), -1), torch.tensor(grid, dtype=torch.float64))
+    zs = normalizer(
+        lt.expand(len(grid), -1), li.expand(len(grid), -1), torch.tensor(grid, dtype=torch.float64)
+    )
     zs = [float(z) for z in zs]
     for (l1, z1), (l2, z2) in pairwise(zip(grid, zs, strict=True)):
         tol = ref.rel_tol(lt, li, lam=min(l1, l2)) * max(z1, z2) + TINY

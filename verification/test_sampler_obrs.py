@@ -102,9 +102,12 @@ def test_accepted_aggregation_weights_positions_by_z(lam: float) -> None:
     assert abs(den - mpmath.fsum(z)) <= tol * mpmath.fsum(z)
     assert abs(num / den - want_num / mpmath.fsum(z)) <= tol * float(f.abs().max())
     # and it differs from the plain average over positions when the Z_p differ
-    plain = mpmath.fsum(
-        mpmath.fsum(ref.mp_probs(lt[p])[x] * float(f[p, x]) for x in range(V)) for p in range(P)
-    ) / P
+    plain = (
+        mpmath.fsum(
+            mpmath.fsum(ref.mp_probs(lt[p])[x] * float(f[p, x]) for x in range(V)) for p in range(P)
+        )
+        / P
+    )
     if max(z) - min(z) > 0.05:
         assert abs(want_num / mpmath.fsum(z) - plain) > 10 * tol * float(f.abs().max())
 
@@ -229,8 +232,9 @@ def test_regression_mismatch_metric_ignores_padding() -> None:
     batch = _batch(7)
     pad = batch.response_mask == 0
     assert bool(pad.any())
-    batch.logp_target = torch.where(pad, torch.full_like(batch.logp_target, -math.inf),
-                                    batch.logp_target)
+    batch.logp_target = torch.where(
+        pad, torch.full_like(batch.logp_target, -math.inf), batch.logp_target
+    )
     batch.logp_ref = batch.logp_target
     out = get_sampler("none")(batch)
     assert not bool(out.metrics["mismatch/kl_k1"].isnan())

@@ -70,11 +70,22 @@ class TaskConfig:
     num_eval: int = 64
     """Synthetic held-out prompts (disjoint from training)."""
     digits: int = 2
-    """Operand size of the synthetic task (digits per number / list length)."""
+    """Size of a synthetic problem: digits per operand (addition), string length (sort, count)."""
     seed: int = 0
     """Seed of the synthetic task generator."""
     reward: str = "exact_match"
     """Reward function registered under the entry-point group ``jackpot.rewards``."""
+
+    def spec(self) -> Any:
+        """The :class:`~jackpot.tasks.synthetic.TaskSpec` of a synthetic task."""
+        from jackpot.tasks.synthetic import TaskSpec
+
+        size = (
+            {"max_digits": self.digits} if self.name == "addition" else {"max_length": self.digits}
+        )
+        return TaskSpec(
+            name=self.name, n_train=self.num_train, n_eval=self.num_eval, seed=self.seed, **size
+        )
 
 
 @dataclass
@@ -426,17 +437,10 @@ def _validate_sampler(cfg: JackpotConfig) -> None:
 
 def _validate_task_size(task: TaskConfig) -> None:
     """A synthetic task must hold enough distinct problems for the requested splits."""
-    from jackpot.tasks.synthetic import TaskSpec, make_task
+    from jackpot.tasks.synthetic import make_task
 
-    spec = TaskSpec(
-        name=task.name,
-        n_train=task.num_train,
-        n_eval=task.num_eval,
-        seed=task.seed,
-        max_digits=task.digits,
-    )
     try:
-        make_task(spec)
+        make_task(task.spec())
     except ValueError as exc:
         raise ConfigError(f"task.num_train / task.num_eval / task.digits: {exc}") from None
 

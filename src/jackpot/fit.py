@@ -37,17 +37,8 @@ def _task_examples(cfg: Any) -> tuple[list[Any], list[Any]]:
         examples = load_examples(t.path, t.prompt_field, t.answer_field)
         n_eval = min(t.num_eval, max(len(examples) // 5, 1))
         return examples[:-n_eval], examples[-n_eval:]
-    splits = make_task(_task_spec(cfg))
+    splits = make_task(t.spec())
     return splits.train, splits.eval
-
-
-def _task_spec(cfg: Any) -> Any:
-    from jackpot.tasks.synthetic import TaskSpec
-
-    t = cfg.task
-    return TaskSpec(
-        name=t.name, n_train=t.num_train, n_eval=t.num_eval, seed=t.seed, max_digits=t.digits
-    )
 
 
 def _build_model(cfg: Any, key: str, tokenizer: Any, sft_steps: int) -> Any:
@@ -71,7 +62,7 @@ def _build_model(cfg: Any, key: str, tokenizer: Any, sft_steps: int) -> Any:
         return build_model(spec)
     w = cfg.warmstart
     sft = SFTConfig(steps=sft_steps, batch_size=w.batch_size, lr=w.lr, seed=m.seed)
-    return warm_start(spec, _task_spec(cfg), tokenizer, sft, w.cache_dir).model
+    return warm_start(spec, cfg.task.spec(), tokenizer, sft, w.cache_dir).model
 
 
 def _tokenizer(cfg: Any) -> Any:

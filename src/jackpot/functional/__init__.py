@@ -23,14 +23,22 @@ from jackpot.functional.obrs import (
     draw_accept,
     log_acceptance_prob,
     log_normalizer,
+    log_proposal_weight,
     max_feasible_budget,
     normalizer,
     obrs_weight,
     post_rejection,
     proposal_weight,
     solve_lambda,
+    solve_log_lambda,
 )
-from jackpot.functional.topk import batch_lambda, kappa, sparse_topk_normalizer, topk_normalizer
+from jackpot.functional.topk import (
+    batch_lambda,
+    batch_log_lambda,
+    kappa,
+    sparse_topk_normalizer,
+    topk_normalizer,
+)
 from jackpot.functional.weights import (
     geo_mean_log_ratio,
     icepop_mask,
@@ -44,6 +52,7 @@ __all__ = [
     "InfeasibleBudgetError",
     "acceptance_prob",
     "batch_lambda",
+    "batch_log_lambda",
     "draw_accept",
     "effective_sample_size",
     "geo_mean_log_ratio",
@@ -55,6 +64,7 @@ __all__ = [
     "kl_k3",
     "log_acceptance_prob",
     "log_normalizer",
+    "log_proposal_weight",
     "log_ratio",
     "masked_mean",
     "max_feasible_budget",
@@ -66,6 +76,7 @@ __all__ = [
     "proposal_weight",
     "seq_log_ratio",
     "solve_lambda",
+    "solve_log_lambda",
     "sparse_topk_normalizer",
     "tis_weight",
     "token_logprobs",

@@ -14,10 +14,11 @@ import math
 import torch
 from torch import Tensor
 
-from jackpot.functional.obrs import NEG_INF, _log_lam, solve_lambda
+from jackpot.functional.obrs import NEG_INF, Lam, _expand_lam, _log_lam, solve_log_lambda
 
 __all__ = [
     "batch_lambda",
+    "batch_log_lambda",
     "kappa",
     "sparse_topk_normalizer",
     "topk_normalizer",
@@ -25,7 +26,12 @@ __all__ = [
 
 
 def sparse_topk_normalizer(
-    ids: Tensor, logp_target: Tensor, logp_inf: Tensor, lam: float | Tensor
+    ids: Tensor,
+    logp_target: Tensor,
+    logp_inf: Tensor,
+    lam: Lam | None = None,
+    *,
+    log_lam: Lam | None = None,
 ) -> Tensor:
     """``Z_approx = sum_{x in set(ids)} min(p_inf(x), p_target(x)/lam)`` -> ``(...)``.
 
@@ -42,10 +48,8 @@ def sparse_topk_normalizer(
             f"ids, logp_target and logp_inf must share a shape, got {tuple(ids.shape)}, "
             f"{tuple(logp_target.shape)}, {tuple(logp_inf.shape)}"
         )
-    log_lam = _log_lam(lam, logp_target)
-    if log_lam.dim() > 0:
-        log_lam = log_lam.unsqueeze(-1)
-    term = torch.minimum(logp_inf, logp_target - log_lam).exp()  # (..., m)
+    log_l = _expand_lam(_log_lam(lam, logp_target, log_lam))
+    term = torch.minimum(logp_inf, logp_target - log_l).exp()  # (..., m)
     # Largest term first, then a stable sort by id: each id's first entry is its largest.
     term, by_term = term.sort(dim=-1, descending=True, stable=True)
     ids_by_term = ids.gather(-1, by_term)
@@ -56,8 +60,17 @@ def sparse_topk_normalizer(
     return (term * first).sum(-1)
 
 
-def topk_normalizer(logp_target: Tensor, logp_inf: Tensor, lam: float | Tensor, k: int) -> Tensor:
+def topk_normalizer(
+    logp_target: Tensor,
+    logp_inf: Tensor,
+    lam: Lam | None,
+    k: int,
+    *,
+    log_lam: Lam | None = None,
+) -> Tensor:
     """``Z_approx`` over ``topk(p_inf) ∪ topk(p_target)`` from full ``(..., V)`` log-probs.
+
+    ``lam`` may be None when ``log_lam`` is given instead.
 
     Ties at the k-th value are broken by ``torch.topk``, so ``Z_approx`` can depend on the
     tie-breaking (spec, fact 5); it is always ``<= Z`` and equals ``Z`` once ``k = V``.
@@ -68,7 +81,9 @@ def topk_normalizer(logp_target: Tensor, logp_inf: Tensor, lam: float | Tensor, 
     ids = torch.cat(
         [logp_inf.topk(k, dim=-1).indices, logp_target.topk(k, dim=-1).indices], dim=-1
     )  # (..., 2k)
-    return sparse_topk_normalizer(ids, logp_target.gather(-1, ids), logp_inf.gather(-1, ids), lam)
+    return sparse_topk_normalizer(
+        ids, logp_target.gather(-1, ids), logp_inf.gather(-1, ids), lam, log_lam=log_lam
+    )
 
 
 def kappa(acceptance: Tensor, z_approx: Tensor, mask: Tensor) -> Tensor:
@@ -85,14 +100,16 @@ def kappa(acceptance: Tensor, z_approx: Tensor, mask: Tensor) -> Tensor:
     return torch.where(den > 0, num / den.clamp(min=torch.finfo(den.dtype).tiny), 1.0)
 
 
-def batch_lambda(log_ratio: Tensor, mask: Tensor, budget: float) -> Tensor:
-    """One ``lam`` for the batch with ``mean_t min(1, r_t/lam) = budget`` -> scalar.
+def batch_log_lambda(log_ratio: Tensor, mask: Tensor, budget: float) -> Tensor:
+    """One ``log lam`` for the batch with ``mean_t min(1, r_t/lam) = budget`` -> 0-d float64.
 
     ``log_ratio``: ``(B, T)`` ``log p_target(a_t) - log p_inf(a_t)`` of the sampled tokens;
     ``mask``: valid positions. The mean acceptance probability is an unbiased estimate of
     the mean ``Z`` (``E[a(a_t)] = Z_t``), and it is the ``Z`` of the empirical distribution
-    that puts ``1/N`` on each token, so :func:`solve_lambda` inverts it exactly.
-    Raises ``InfeasibleBudgetError`` above the fraction of tokens with ``p_target > 0``.
+    that puts ``1/N`` on each token, so :func:`solve_log_lambda` inverts it exactly (in log
+    space: a batch holding a token with ``log r = -1e4`` may need ``lam ~ e^-1e4``).
+    Raises ``InfeasibleBudgetError`` above the fraction of tokens with ``p_target > 0``, and
+    ``ValueError`` when ``mask`` has no valid token (no budget to meet).
     """
     valid = mask.bool()
     n = int(valid.sum())
@@ -102,4 +119,20 @@ def batch_lambda(log_ratio: Tensor, mask: Tensor, budget: float) -> Tensor:
     log_n = math.log(n)
     logp_inf = torch.full_like(log_r, -log_n)
     logp_target = torch.where(log_r.isnan(), torch.full_like(log_r, NEG_INF), log_r - log_n)
-    return solve_lambda(logp_target, logp_inf, budget).to(log_ratio.dtype)
+    return solve_log_lambda(logp_target, logp_inf, budget)
+
+
+def batch_lambda(log_ratio: Tensor, mask: Tensor, budget: float) -> Tensor:
+    """:func:`batch_log_lambda` as ``lam`` in ``log_ratio``'s dtype -> scalar.
+
+    Raises ``ValueError`` where that ``lam`` is outside the dtype's range (then use
+    :func:`batch_log_lambda` and ``log_lam=``).
+    """
+    log_l = batch_log_lambda(log_ratio, mask, budget)
+    lam = log_l.exp().to(log_ratio.dtype)
+    if not (bool(lam > 0) and bool(torch.isfinite(lam))):
+        raise ValueError(
+            f"budget={budget} needs lam = exp({float(log_l):.6g}), outside the "
+            f"{log_ratio.dtype} range; use batch_log_lambda and log_lam="
+        )
+    return lam

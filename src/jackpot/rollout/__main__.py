@@ -140,7 +140,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
     prompts = [e.prompt for e in examples for _ in range(args.group_size)]
     answers = [e.answer for e in examples for _ in range(args.group_size)]
     completions = [tokenizer.decode(r) for r in batch.response_lists()]
-    batch = batch.with_texts(prompts, answers).with_rewards(reward_fn(prompts, completions, answers))
+    rewards = reward_fn(prompts, completions, answers)
+    batch = batch.with_texts(prompts, answers).with_rewards(rewards)
     metadata = {
         "source": str(args.dataset) if args.dataset else f"synthetic:{args.task}:{args.split}",
         "reward": args.reward,
@@ -162,7 +163,8 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     print(f"shapes      N={n} P={batch.prompt_ids.shape[1]} T={t} k={k} vocab={batch.vocab_size}")
     print(f"groups      {batch.group_ids.unique().numel()} prompts")
     print(f"sampling    {batch.params.to_dict()}")
-    print(f"tokens      {batch.num_tokens} (mean length {batch.response_lengths.float().mean():.2f})")
+    mean_len = batch.response_lengths.float().mean()
+    print(f"tokens      {batch.num_tokens} (mean length {mean_len:.2f})")
     print(f"finished    {batch.finished.float().mean():.1%} ended by a stop token")
     print(f"logp_inf    mean {batch.logp_inf[mask].mean():.4f} per generated token")
     if batch.rewards is not None:

@@ -35,7 +35,7 @@ class RolloutFormatError(ValueError):
 
 
 def left_pad(sequences: Sequence[Sequence[int]], pad_token_id: int) -> tuple[Tensor, Tensor]:
-    """Left-pad ragged id lists -> ``(ids, mask)``, each ``(N, max_len)`` int64, mask 1 on tokens."""
+    """Left-pad ragged id lists -> ``(ids, mask)``, each ``(N, max_len)`` int64 (mask 1 = token)."""
     if not sequences or any(len(s) == 0 for s in sequences):
         raise ValueError("every prompt needs at least one token (and there must be one prompt)")
     width = max(len(s) for s in sequences)
@@ -64,7 +64,7 @@ class RolloutBatch:
     response_mask: Tensor
     """``(N, T)`` 1 up to and including the stop token, 0 after."""
     logp_inf: Tensor
-    """``(N, T)`` float32 log-prob of each sampled token under the distribution it was drawn from."""
+    """``(N, T)`` float32 log-prob of each sampled token under the distribution it came from."""
     topk_ids: Tensor
     """``(N, T, k)`` the k most likely tokens of that distribution; the sampled one always."""
     topk_logp: Tensor
@@ -153,7 +153,7 @@ class RolloutBatch:
         return ids, mask
 
     def validate(self) -> None:
-        """Check shapes, dtypes and value invariants; raise :class:`RolloutFormatError` if broken."""
+        """Check shapes, dtypes and value invariants; raise :class:`RolloutFormatError` if not."""
         _check_layout(self)
         _check_values(self)
 

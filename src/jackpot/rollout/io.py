@@ -196,11 +196,9 @@ def _convert_tensors(raw: dict[str, Tensor]) -> dict[str, Tensor]:
         if value.dtype not in accepted:
             names = ", ".join(str(d).removeprefix("torch.") for d in accepted)
             raise RolloutFormatError(name, f"dtype in ({names})", str(value.dtype))
-        if target == torch.bool and value.dtype != torch.bool:
-            if bool(((value != 0) & (value != 1)).any()):
-                raise RolloutFormatError(
-                    name, "values 0 or 1", f"{sorted(value.unique().tolist())}"
-                )
+        not_binary = bool(((value != 0) & (value != 1)).any())
+        if target == torch.bool and value.dtype != torch.bool and not_binary:
+            raise RolloutFormatError(name, "values 0 or 1", f"{sorted(value.unique().tolist())}")
         out[name] = value.to(target)
     return out
 

@@ -53,12 +53,12 @@ def sampling_logprobs(logits: Tensor, temperature: float, top_k: int, top_p: flo
 
 
 def sample_tokens(logp: Tensor, generator: torch.Generator) -> Tensor:
-    """Draw one token id per row of ``logp`` ``(B, V)`` -> ``(B,)`` int64, using only ``generator``."""
+    """One token id per row of ``logp`` ``(B, V)`` -> ``(B,)`` int64, drawn with ``generator``."""
     return torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)
 
 
 def topk_with_sampled(logp: Tensor, sampled: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Top-k ``(ids, log-probs)`` of ``logp`` ``(B, V)``, each ``(B, k)``, always holding ``sampled``.
+    """Top-k ``(ids, log-probs)`` of ``logp`` ``(B, V)``, each ``(B, k)``, holding ``sampled``.
 
     When the sampled token ``(B,)`` is not among the top-k it replaces the last slot, so a
     consumer can always find the sampled token's entry. ``k`` is capped at ``V``.

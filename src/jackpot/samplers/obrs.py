@@ -19,15 +19,15 @@ from torch import Tensor
 
 from jackpot.functional import (
     acceptance_prob,
-    batch_lambda,
+    batch_log_lambda,
     draw_accept,
     kappa,
     kl_k1,
     kl_k3,
+    log_proposal_weight,
     log_ratio,
     masked_mean,
     normalizer_from_logits,
-    proposal_weight,
     sparse_topk_normalizer,
 )
 from jackpot.samplers.base import (
@@ -104,24 +104,26 @@ class OBRS(Sampler):
     def sample(self, batch: SamplerInput) -> SamplerOutput:
         """Accept/reject every response token and weight the accepted ones."""
         resp = batch.response_mask
-        lam = self._lambda(batch)
-        accept_prob = acceptance_prob(batch.logp_target, batch.logp_inf, lam) * resp
+        log_lam = self._log_lambda(batch)
+        accept_prob = acceptance_prob(batch.logp_target, batch.logp_inf, log_lam=log_lam) * resp
         mask = draw_accept(accept_prob, batch.generator) * resp
-        weight = proposal_weight(batch.logp_target, batch.logp_inf, lam)  # max(lam, r_t)
+        log_w = log_proposal_weight(batch.logp_target, batch.logp_inf, log_lam=log_lam)
         metrics: dict[str, Tensor] = {
-            "obrs/lam": torch.as_tensor(lam, dtype=weight.dtype),
+            "obrs/lam": log_lam.exp().to(log_w.dtype),
+            "obrs/log_lam": log_lam.to(log_w.dtype),
             "obrs/accept_rate": masked_mean(mask, resp),
             "obrs/accept_prob_mean": masked_mean(accept_prob, resp),
         }
-        z = self._normalizer(batch, lam, accept_prob, mask, metrics)
+        z = self._normalizer(batch, log_lam, accept_prob, mask, metrics)
         if z is not None:
-            log_p_obrs = torch.minimum(batch.logp_inf, batch.logp_target - math.log(lam)) - z.log()
+            log_z = z.log()
+            log_p_obrs = torch.minimum(batch.logp_inf, batch.logp_target - log_lam) - log_z
             kl_before = masked_mean(kl_k3(batch.logp_inf, batch.logp_target), resp)
             metrics.update(
                 {
                     "obrs/z_mean": masked_mean(z, resp),
                     # Fact 6: no rule with acceptance Z_t removes more than log(1/Z_t) nats.
-                    "obrs/kl_floor": (kl_before + masked_mean(z.log(), resp)).clamp(min=0.0),
+                    "obrs/kl_floor": (kl_before + masked_mean(log_z, resp)).clamp(min=0.0),
                     "mismatch/kl_k1_after": masked_mean(kl_k1(log_p_obrs, batch.logp_target), mask),
                     "mismatch/kl_k3_after": masked_mean(kl_k3(log_p_obrs, batch.logp_target), mask),
                 }
@@ -132,26 +134,33 @@ class OBRS(Sampler):
                     "sampler 'obrs' with aggregation='accepted' needs Z: pass full logits "
                     "(topk=None) or top-k candidates (topk=k), or use aggregation='proposal'"
                 )
-            weight = z * weight
+            log_w = log_w + log_z  # w_t = Z_t max(lam, r_t), formed in log space
             norm_mask = mask
         else:
             norm_mask = resp
         c2_factor = log_ratio(batch.logp_ref, batch.logp_target).exp().clamp(max=self.c2)
-        rho = weight.clamp(max=self.c1) * c2_factor
+        rho = log_w.exp().clamp(max=self.c1) * c2_factor
         return SamplerOutput(mask, rho, norm_mask, metrics)
 
-    def _lambda(self, batch: SamplerInput) -> float:
-        """The fixed ``lam``, or the batch ``lam`` whose mean acceptance equals ``budget``."""
+    def _log_lambda(self, batch: SamplerInput) -> Tensor:
+        """``log lam``: the fixed one, or the batch one whose mean acceptance is ``budget``.
+
+        In log space because the exact batch ``lam`` can lie below the float range. A batch
+        with no response token has no budget to meet; any ``lam`` gives the same empty
+        output, and ``lam = 1`` is used.
+        """
         if self.lam is not None:
-            return self.lam
+            return torch.tensor(math.log(self.lam), dtype=torch.float64)
         assert self.budget is not None
+        if not bool(batch.response_mask.bool().any()):
+            return torch.zeros((), dtype=torch.float64)
         log_r = batch.logp_target - batch.logp_inf
-        return float(batch_lambda(log_r, batch.response_mask, self.budget))
+        return batch_log_lambda(log_r, batch.response_mask, self.budget)
 
     def _normalizer(
         self,
         batch: SamplerInput,
-        lam: float,
+        log_lam: Tensor,
         accept_prob: Tensor,
         mask: Tensor,
         metrics: dict[str, Tensor],
@@ -161,13 +170,13 @@ class OBRS(Sampler):
             if batch.logits_target is None or batch.logits_inf is None:
                 return None
             return normalizer_from_logits(
-                batch.logits_target, batch.logits_inf, lam, chunk_size=self.chunk_size
+                batch.logits_target, batch.logits_inf, log_lam=log_lam, chunk_size=self.chunk_size
             ).to(batch.logp_inf.dtype)
         if batch.topk_ids is None:
             return None
         assert batch.topk_logp_target is not None and batch.topk_logp_inf is not None
         z_approx = sparse_topk_normalizer(
-            batch.topk_ids, batch.topk_logp_target, batch.topk_logp_inf, lam
+            batch.topk_ids, batch.topk_logp_target, batch.topk_logp_inf, log_lam=log_lam
         )
         acceptance = accept_prob if self.kappa_estimator == "prob" else mask
         k = kappa(acceptance, z_approx, batch.response_mask)

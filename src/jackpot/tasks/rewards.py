@@ -1,4 +1,4 @@
-"""Verifiable rewards as plain callables, registered under the entry-point group ``jackpot.rewards``.
+"""Verifiable rewards as plain callables, registered in the entry-point group ``jackpot.rewards``.
 
 A reward is ``fn(prompts, completions, answers) -> list[float]`` over aligned lists, so it can
 be called directly in a test or from any trainer. :func:`get_reward` finds one by name among
@@ -155,7 +155,7 @@ def _sympy() -> Any:
 
 
 def _sympy_equal(sympy: Any, left: str, right: str) -> bool:
-    """``simplify(left - right) == 0`` (or numerically within 1e-9 relative); parse errors: False."""
+    """``simplify(left - right) == 0``, or equal within 1e-9 relative; False on parse errors."""
     from sympy.parsing.sympy_parser import (
         convert_xor,
         implicit_multiplication_application,
@@ -203,7 +203,7 @@ def available_rewards() -> list[str]:
 
 
 def get_reward(name: str) -> RewardFn:
-    """The reward registered as ``name`` in ``jackpot.rewards``; unknown names list the installed."""
+    """The reward registered as ``name`` in ``jackpot.rewards``; an unknown name lists them all."""
     registry = _registry()
     if name not in registry:
         raise ValueError(

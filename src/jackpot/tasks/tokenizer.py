@@ -40,7 +40,7 @@ class CharTokenizer:
         return {**specials, **self._char_to_id}
 
     def encode(self, text: str, *, add_bos: bool = True, add_eos: bool = False) -> list[int]:
-        """Ids of ``text``; raises ``ValueError`` naming the first character outside the alphabet."""
+        """Ids of ``text``; ``ValueError`` names the first character outside the alphabet."""
         try:
             ids = [self._char_to_id[ch] for ch in text]
         except KeyError as err:
