@@ -84,8 +84,15 @@ def test_extreme_log_ratios_stay_finite_in_float32() -> None:
     a = F.acceptance_prob(lt, li, 1.0)
     assert torch.equal(a, torch.tensor([1.0, 0.0, 0.0]))
     assert torch.isfinite(F.normalizer(lt, li, 1.0))
-    lam = F.solve_lambda(lt.log_softmax(-1), li.log_softmax(-1), 0.5)
-    assert torch.isfinite(lam)
+    # budget 0.5 needs lam ~ e^-9999: no float32 holds it, so solve_lambda says so and the
+    # log-space solver gives the exact threshold, usable through log_lam=.
+    lt_n, li_n = lt.log_softmax(-1), li.log_softmax(-1)
+    with pytest.raises(ValueError, match="solve_log_lambda"):
+        F.solve_lambda(lt_n, li_n, 0.5)
+    log_lam = F.solve_log_lambda(lt_n, li_n, 0.5)
+    assert torch.isfinite(log_lam) and float(log_lam) < -9000
+    # float32 log-probs of size 1e4 are rounded to ~1e-3 (ulp), which Z inherits
+    assert float(F.normalizer(lt_n, li_n, log_lam=log_lam)) == pytest.approx(0.5, rel=2e-3)
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 1024])

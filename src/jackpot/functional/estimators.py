@@ -18,9 +18,14 @@ LOG_RATIO_CLAMP = 20.0
 
 
 def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
-    """Mean of ``values`` over ``mask == 1`` -> scalar; 0 (not NaN) for an empty mask."""
-    mask = mask.to(values.dtype)
-    return (values * mask).sum() / mask.sum().clamp(min=1.0)
+    """Mean of ``values`` over ``mask != 0`` -> scalar; 0 (not NaN) for an empty mask.
+
+    Masked-out entries are selected away, not multiplied by 0: padding may hold ``inf`` or
+    NaN, and ``0 * inf`` is NaN.
+    """
+    on = mask != 0
+    total = torch.where(on, values, torch.zeros_like(values)).sum()
+    return total / on.sum().clamp(min=1).to(values.dtype)
 
 
 def kl_k1(logp_sampler: Tensor, logp_other: Tensor) -> Tensor:
@@ -43,9 +48,13 @@ def effective_sample_size(weights: Tensor, mask: Tensor) -> Tensor:
     """Normalised ESS ``(sum w)^2 / (n sum w^2)`` in ``[0, 1]`` over ``mask`` -> scalar.
 
     1 for equal weights, ``1/n`` when one weight dominates; 0 when every weight is 0.
+    Scale-free, so the weights are divided by their largest ``|w|`` first: ``w^2`` of weights
+    near the float limits would otherwise overflow (``inf / inf``) or underflow to 0.
     """
-    mask = mask.to(weights.dtype)
-    w = weights * mask
-    n = mask.sum().clamp(min=1.0)
-    sq = (w * w).sum()
-    return torch.where(sq > 0, w.sum() ** 2 / (n * sq.clamp(min=torch.finfo(sq.dtype).tiny)), 0.0)
+    on = mask != 0
+    w = torch.where(on, weights, torch.zeros_like(weights))
+    n = on.sum().clamp(min=1).to(weights.dtype)
+    scale = w.abs().amax() if w.numel() else w.new_zeros(())
+    u = w / torch.where(scale > 0, scale, torch.ones_like(scale))
+    # max |u| is exactly 1 unless every weight is 0 (then u = 0 and the result is 0 / n)
+    return u.sum() ** 2 / (n * (u * u).sum().clamp(min=1.0))

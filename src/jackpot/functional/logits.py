@@ -23,12 +23,28 @@ __all__ = [
 ]
 
 
+def _compute_dtype(*logits: Tensor) -> torch.dtype:
+    """The dtype reductions run (and return) in: the inputs' own, at least float32.
+
+    float64 stays float64 (no silent downcast); float16 / bfloat16 are upcast, since a
+    log-softmax over a large vocabulary in half precision loses the small probabilities.
+    """
+    dtype = torch.float32
+    for t in logits:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return dtype
+
+
 def _map_rows(
     fn: Callable[..., Tensor | tuple[Tensor, ...]],
     tensors: tuple[Tensor, ...],
     chunk_size: int,
 ) -> tuple[Tensor, ...]:
-    """Apply ``fn`` to row chunks of ``(..., V)`` / ``(...)`` tensors; concatenate the results."""
+    """Apply ``fn`` to row chunks of ``(..., V)`` / ``(...)`` tensors; concatenate the results.
+
+    ``...`` may be empty (a single ``(V,)`` position): it runs as one row and the results lose
+    the row dim again.
+    """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     lead = tensors[0].shape[:-1]
@@ -38,7 +54,7 @@ def _map_rows(
         out = fn(*(r[start : start + chunk_size] for r in rows))
         pieces.append(out if isinstance(out, tuple) else (out,))
     return tuple(
-        torch.cat([p[i] for p in pieces]).reshape(*lead, *pieces[0][i].shape[1:])
+        torch.cat([p[i] for p in pieces]).reshape((*lead, *pieces[0][i].shape[1:]))
         for i in range(len(pieces[0]))
     )
 
@@ -54,13 +70,18 @@ def token_logprobs(logits: Tensor, ids: Tensor) -> Tensor:
 
 @torch.no_grad()
 def topk_logprobs(logits: Tensor, k: int, *, chunk_size: int = 1024) -> tuple[Tensor, Tensor]:
-    """Top-k ``(ids, log-probs)`` of ``softmax(logits)``, each ``(..., k)``; detached."""
+    """Top-k ``(ids, log-probs)`` of ``softmax(logits)``, each ``(..., k)``; detached.
+
+    Log-probs in the logits' dtype, at least float32.
+    """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
+    dtype = _compute_dtype(logits)
 
     def chunk(lg: Tensor) -> tuple[Tensor, Tensor]:
-        vals, ids = lg.float().topk(min(k, lg.shape[-1]), dim=-1)
-        return ids, vals - torch.logsumexp(lg.float(), dim=-1, keepdim=True)
+        lg = lg.to(dtype)
+        vals, ids = lg.topk(min(k, lg.shape[-1]), dim=-1)
+        return ids, vals - torch.logsumexp(lg, dim=-1, keepdim=True)
 
     ids, logp = _map_rows(chunk, (logits,), chunk_size)
     return ids, logp
@@ -68,18 +89,34 @@ def topk_logprobs(logits: Tensor, k: int, *, chunk_size: int = 1024) -> tuple[Te
 
 @torch.no_grad()
 def normalizer_from_logits(
-    logits_target: Tensor, logits_inf: Tensor, lam: float | Tensor, *, chunk_size: int = 1024
+    logits_target: Tensor,
+    logits_inf: Tensor,
+    lam: float | Tensor | None = None,
+    *,
+    log_lam: float | Tensor | None = None,
+    chunk_size: int = 1024,
 ) -> Tensor:
-    """Exact ``Z(lam)`` per position from ``(..., V)`` logits, in row chunks -> ``(...)``."""
-    lam_t = torch.as_tensor(lam, dtype=torch.float32, device=logits_target.device)
-    lam_rows = lam_t.expand(logits_target.shape[:-1]).unsqueeze(-1)  # (..., 1)
+    """Exact ``Z(lam)`` per position from ``(..., V)`` logits, in row chunks -> ``(...)``.
 
-    def chunk(lt: Tensor, li: Tensor, lam_c: Tensor) -> Tensor:
-        lp_t = torch.log_softmax(lt.float(), dim=-1)
-        lp_i = torch.log_softmax(li.float(), dim=-1)
-        return log_normalizer(lp_t, lp_i, lam_c.squeeze(-1)).exp()
+    Exactly one of ``lam`` / ``log_lam`` (scalar or per position ``(...)``), as in
+    :func:`~jackpot.functional.obrs.log_normalizer`; ``log_lam`` reaches thresholds below the
+    float range. Result in the logits' dtype, at least float32.
+    """
+    if (lam is None) == (log_lam is None):
+        raise ValueError("pass exactly one of lam and log_lam")
+    in_log = log_lam is not None
+    dtype = _compute_dtype(logits_target, logits_inf)
+    value = torch.as_tensor(log_lam if in_log else lam, dtype=dtype, device=logits_target.device)
+    value_rows = value.expand(logits_target.shape[:-1]).unsqueeze(-1)  # (..., 1)
 
-    (z,) = _map_rows(chunk, (logits_target, logits_inf, lam_rows), chunk_size)
+    def chunk(lt: Tensor, li: Tensor, v: Tensor) -> Tensor:
+        lp_t = torch.log_softmax(lt.to(dtype), dim=-1)
+        lp_i = torch.log_softmax(li.to(dtype), dim=-1)
+        v = v.squeeze(-1)
+        log_z = log_normalizer(lp_t, lp_i, log_lam=v) if in_log else log_normalizer(lp_t, lp_i, v)
+        return log_z.exp()
+
+    (z,) = _map_rows(chunk, (logits_target, logits_inf, value_rows), chunk_size)
     return z
 
 
@@ -90,11 +127,13 @@ def max_log_ratio_from_logits(
     """``log max_x p_target(x)/p_inf(x)`` per position -> ``(...)``; ``+inf`` if p_inf misses mass.
 
     The bound ``M`` of classic rejection sampling (``lam = M`` makes ``p_obrs = p_target``).
+    Result in the logits' dtype, at least float32.
     """
+    dtype = _compute_dtype(logits_target, logits_inf)
 
     def chunk(lt: Tensor, li: Tensor) -> Tensor:
-        lp_t = torch.log_softmax(lt.float(), dim=-1)
-        lp_i = torch.log_softmax(li.float(), dim=-1)
+        lp_t = torch.log_softmax(lt.to(dtype), dim=-1)
+        lp_i = torch.log_softmax(li.to(dtype), dim=-1)
         ratio = torch.where(
             lp_t == float("-inf"), torch.full_like(lp_t, float("-inf")), lp_t - lp_i
         )

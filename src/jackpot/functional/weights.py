@@ -3,7 +3,9 @@
 Token level: plain IS ``p_ref/p_inf`` (AReaL), truncated IS ``min(p_ref/p_inf, C)`` (Flash-RL,
 verl ``token_tis``: truncation from above only), IcePop's band mask ``alpha <= ratio <= beta``.
 Sequence level: truncated product of the token ratios (verl ``seq_tis``) and the geometric-mean
-mask (verl ``geo_mask``). Log-ratios are clamped to +-20 before ``exp`` (verl's safety bound).
+mask (verl ``geo_mask``). Log-ratios are clamped to +-20 before ``exp`` (verl's safety bound);
+at sequence level, as in verl, the clamp acts on the sum / mean of the raw token log-ratios,
+never on the tokens (clamping each token first changes the product).
 """
 
 from __future__ import annotations
@@ -23,12 +25,33 @@ __all__ = [
 ]
 
 
+def _raw_log_ratio(logp_num: Tensor, logp_den: Tensor) -> Tensor:
+    """Unclamped ``log p_num - log p_den``; ``-inf`` wherever ``p_num = 0`` (even if ``p_den = 0``).
+
+    ``p_num = 0`` makes the ratio 0 whatever the denominator, so ``-inf - (-inf)`` is ``-inf``,
+    not NaN; ``p_num > 0 = p_den`` gives ``+inf``.
+    """
+    neg_inf = torch.full_like(logp_num, float("-inf"))
+    return torch.where(logp_num == float("-inf"), neg_inf, logp_num - logp_den)
+
+
+def _masked_log_ratio_sum(logp_ref: Tensor, logp_inf: Tensor, mask: Tensor) -> Tensor:
+    """Sum of the raw token log-ratios over ``mask`` -> ``(...)``; ``-inf`` if a token has p_ref 0.
+
+    Positions outside ``mask`` are selected away (``torch.where``), so whatever padding holds
+    (``-inf``, NaN) never reaches the sum. A response with a ``p_ref = 0`` token is impossible
+    under ``p_ref``, so its product of ratios is 0 even if another token has ``p_inf = 0``.
+    """
+    on = mask != 0
+    lr = torch.where(on, _raw_log_ratio(logp_ref, logp_inf), torch.zeros_like(logp_ref))
+    impossible = (on & (logp_ref == float("-inf"))).any(-1)
+    total = lr.sum(-1)
+    return torch.where(impossible, torch.full_like(total, float("-inf")), total)
+
+
 def log_ratio(logp_num: Tensor, logp_den: Tensor) -> Tensor:
     """``log p_num - log p_den`` clamped to ``[-20, 20]``; ``-20`` where ``p_num = 0``."""
-    diff = torch.where(
-        logp_num == float("-inf"), torch.full_like(logp_num, -LOG_RATIO_CLAMP), logp_num - logp_den
-    )
-    return diff.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    return _raw_log_ratio(logp_num, logp_den).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
 
 
 def is_weight(logp_ref: Tensor, logp_inf: Tensor) -> Tensor:
@@ -48,10 +71,19 @@ def icepop_mask(logp_ref: Tensor, logp_inf: Tensor, alpha: float, beta: float) -
 
 
 def seq_log_ratio(logp_ref: Tensor, logp_inf: Tensor, mask: Tensor) -> Tensor:
-    """Sum of token log-ratios over the response, ``log prod_t p_ref/p_inf`` -> ``(B,)``."""
-    return (log_ratio(logp_ref, logp_inf) * mask).sum(-1)
+    """``log prod_t p_ref/p_inf`` over the response, clamped to ``[-20, 20]`` -> ``(B,)``.
+
+    The raw token log-ratios are summed first and only the sum is clamped (verl ``seq_tis``).
+    """
+    total = _masked_log_ratio_sum(logp_ref, logp_inf, mask)
+    return total.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
 
 
 def geo_mean_log_ratio(logp_ref: Tensor, logp_inf: Tensor, mask: Tensor) -> Tensor:
-    """Mean token log-ratio of each response (log of the geometric mean ratio) -> ``(B,)``."""
-    return seq_log_ratio(logp_ref, logp_inf, mask) / mask.sum(-1).clamp(min=1.0)
+    """Mean raw token log-ratio of each response, clamped to ``[-20, 20]`` -> ``(B,)``.
+
+    The log of the geometric-mean ratio (verl ``geo_mask``); 0 for an empty response.
+    """
+    n = (mask != 0).sum(-1).clamp(min=1).to(logp_ref.dtype)
+    mean = _masked_log_ratio_sum(logp_ref, logp_inf, mask) / n
+    return mean.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)

@@ -30,7 +30,10 @@ class GeometricMask(Sampler):
             )
 
     def sample(self, batch: SamplerInput) -> SamplerOutput:
-        """Keep sequences with ``log alpha <= mean_t log ratio <= log beta``."""
+        """Keep sequences with ``log alpha <= mean_t log ratio <= log beta``.
+
+        The mean is of the raw token log-ratios, clamped to +-20 only then (verl).
+        """
         g = geo_mean_log_ratio(batch.logp_ref, batch.logp_inf, batch.response_mask)  # (B,)
         keep = (g >= math.log(self.alpha)) & (g <= math.log(self.beta))
         mask = keep.to(batch.response_mask.dtype).unsqueeze(-1) * batch.response_mask

@@ -5,12 +5,11 @@ from __future__ import annotations
 import math
 
 from jackpot.functional import seq_log_ratio
-from jackpot.functional.estimators import LOG_RATIO_CLAMP
 from jackpot.samplers.base import Sampler, SamplerInput, SamplerOutput, check_range
 
 
 class SequenceTIS(Sampler):
-    """Sequence-level truncated IS: the sum of log-ratios is clamped to +-20 before exp."""
+    """Sequence-level truncated IS: the sum of the raw log-ratios is clamped to +-20, then exp."""
 
     name = "seq_tis"
 
@@ -20,6 +19,6 @@ class SequenceTIS(Sampler):
     def sample(self, batch: SamplerInput) -> SamplerOutput:
         """Broadcast each sequence's truncated ratio over its response tokens."""
         mask = batch.response_mask
-        log_w = seq_log_ratio(batch.logp_ref, batch.logp_inf, mask)  # (B,)
-        w_seq = log_w.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP).exp().clamp(max=self.cap)
+        log_w = seq_log_ratio(batch.logp_ref, batch.logp_inf, mask)  # (B,), clamped to +-20
+        w_seq = log_w.exp().clamp(max=self.cap)
         return SamplerOutput(mask, w_seq.unsqueeze(-1).expand_as(mask), mask)
