@@ -399,8 +399,8 @@ class JackpotModule(L.LightningModule):
         """Add the step-level metrics, evaluate when due, sync, feed the controller, log."""
         self.tracker.update(
             rollout_stats(rewards, rollout.group_ids, rollout.response_mask, rollout.finished)
-            | timing_stats(rollout.num_tokens, t_rollout, n_tokens, t_train)
         )
+        self.tracker.update(timing_stats(rollout.num_tokens, t_rollout, n_tokens, t_train))
         if self.train_rollout:
             self.tracker.update({"distill/coef": self._distill_coef()})
         if self.cfg.trainer.eval_every and (step + 1) % self.cfg.trainer.eval_every == 0:

@@ -11,6 +11,7 @@ logits, and exactly those log-probs are recorded. The loop was also faster than
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypedDict
 
 import torch
 from torch import Tensor
@@ -21,6 +22,17 @@ from jackpot.rollout.engine import RolloutEngine, SamplingParams
 from jackpot.rollout.sampling import sample_tokens, sampling_logprobs, topk_with_sampled
 
 __all__ = ["HFRolloutEngine"]
+
+
+class _DecodeRecord(TypedDict):
+    """What the decode loop records, named as the :class:`RolloutBatch` fields it fills."""
+
+    response_ids: Tensor
+    response_mask: Tensor
+    logp_inf: Tensor
+    topk_ids: Tensor
+    topk_logp: Tensor
+    finished: Tensor
 
 
 class HFRolloutEngine(RolloutEngine):
@@ -74,7 +86,7 @@ class HFRolloutEngine(RolloutEngine):
         prompt_mask: Tensor,
         params: SamplingParams,
         generator: torch.Generator,
-    ) -> dict[str, Tensor]:
+    ) -> _DecodeRecord:
         """Prefill, then one batched forward per new token; returns the per-token records."""
         n, p = prompts.shape
         device = prompts.device

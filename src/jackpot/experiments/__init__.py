@@ -1,0 +1,1 @@
+"""Experiments built on the trainer: ``python -m jackpot.experiments.compare`` (methods x seeds)."""
