@@ -122,6 +122,14 @@ class RolloutConfig:
     """Length limit of a response."""
     logprobs_k: int = 8
     """Top log-probs of ``p_inf`` recorded per position (feeds the top-k Z of OBRS)."""
+    files: str | None = None
+    """Offline decoupled training: a directory (its ``*.safetensors``) or glob of rollout files
+    (``jackpot.rollout.io`` format); RL step s trains on file ``s mod n`` in sorted path order,
+    cycling when ``trainer.max_steps`` exceeds the ``n`` files. Nothing is generated and the
+    rollout model is not built; needs ``algo.mode=decoupled``, ``algo.train_rollout=false``, a
+    sampler without full p_inf logits (``obrs`` with ``sampler.topk`` <= the files' k) and
+    ``temperature`` equal to the files'; the other ``rollout.*`` keys then only shape
+    evaluation. None = generate with the rollout model."""
 
 
 @dataclass
@@ -413,7 +421,7 @@ def _validate_relations(cfg: JackpotConfig) -> None:
     else:
         _validate_task_size(cfg.task)
     _validate_reward(cfg.task.reward)
-    if cfg.rollout.logprobs_k < (s.topk or 1):
+    if cfg.rollout.files is None and cfg.rollout.logprobs_k < (s.topk or 1):
         raise ConfigError(
             f"sampler.topk={s.topk} needs rollout.logprobs_k >= {s.topk}, got "
             f"{cfg.rollout.logprobs_k} (the rollout must record that many p_inf log-probs)"
@@ -421,6 +429,51 @@ def _validate_relations(cfg: JackpotConfig) -> None:
     low, high = cfg.algo.distill_coef_bounds
     if not 0 < low <= high:
         raise ConfigError(f"algo.distill_coef_bounds={[low, high]} must satisfy 0 < low <= high")
+    _validate_rollout_files(cfg)
+
+
+def _validate_rollout_files(cfg: JackpotConfig) -> None:
+    """Offline training: the mode, the sampler, and every file's header (not its tensors)."""
+    spec = cfg.rollout.files
+    if spec is None:
+        return
+    from jackpot.rollout.files import check_rollout_file, read_infos, resolve_rollout_files
+    from jackpot.samplers import get_sampler
+
+    if not spec.strip():
+        raise ConfigError("rollout.files='' is empty; name a directory or glob, or null")
+    if cfg.algo.mode != "decoupled":
+        raise ConfigError(
+            f"algo.mode={cfg.algo.mode!r} is not allowed with rollout.files={spec!r}; choose "
+            "'decoupled' (the files' rollouts come from another model than the policy)"
+        )
+    if cfg.algo.train_rollout:
+        raise ConfigError(
+            f"algo.train_rollout=true is not allowed with rollout.files={spec!r}; set "
+            "algo.train_rollout=false: rollouts are read from the files, so a trained rollout "
+            "model would never roll out (and the model that wrote them is not loaded)"
+        )
+    try:
+        files = resolve_rollout_files(spec)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"rollout.files={spec!r}: {exc}") from None
+    sampler = get_sampler(cfg.sampler.name, **cfg.sampler.kwargs())
+    needs = sampler.needs()
+    if "logits" in needs:
+        fix = (
+            "set sampler.topk (at most the files' k) for the top-k Z"
+            if cfg.sampler.name == "obrs"
+            else "choose a sampler that needs no full logits (none, is, tis, icepop, seq_tis, "
+            "geo_mask, or obrs with sampler.topk)"
+        )
+        topk = " with sampler.topk=None" if cfg.sampler.name == "obrs" else ""
+        raise ConfigError(
+            f"sampler.name={cfg.sampler.name!r}{topk} needs the full p_inf logits, but a "
+            f"rollout file (rollout.files={spec!r}) records only the top-k of p_inf; {fix}"
+        )
+    sampler_topk = sampler.topk_k() if "topk" in needs else None
+    for info in read_infos(files):
+        check_rollout_file(info, temperature=cfg.rollout.temperature, sampler_topk=sampler_topk)
 
 
 def _validate_sampler(cfg: JackpotConfig) -> None:

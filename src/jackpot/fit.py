@@ -84,8 +84,12 @@ def build_module(cfg: Any) -> Any:
     policy = _build_model(
         cfg, "policy", tokenizer, w.steps if w.policy_steps is None else w.policy_steps
     )
-    rollout_model = _build_model(cfg, "rollout_model", tokenizer, w.steps)
-    check_same_vocab(rollout_model, policy)
+    rollout_model = None
+    if cfg.rollout.files is None:
+        rollout_model = _build_model(cfg, "rollout_model", tokenizer, w.steps)
+        check_same_vocab(rollout_model, policy)
+    else:  # offline: the files' rollouts are all there is of the rollout model
+        _check_rollout_files(cfg, policy, tokenizer)
     train, evals = _task_examples(cfg)
     return JackpotModule(
         cfg,
@@ -97,6 +101,27 @@ def build_module(cfg: Any) -> Any:
         get_reward(cfg.task.reward),
         get_sampler(cfg.sampler.name, **cfg.sampler.kwargs()),
     )
+
+
+def _check_rollout_files(cfg: Any, policy: Any, tokenizer: Any) -> None:
+    """Every rollout file was written with the policy's vocabulary (size, and char alphabet)."""
+    from jackpot.models import VocabMismatchError
+    from jackpot.rollout.files import check_rollout_file, read_infos, resolve_rollout_files
+
+    vocab_size = int(policy.get_output_embeddings().weight.shape[0])
+    for info in read_infos(resolve_rollout_files(cfg.rollout.files)):
+        check_rollout_file(
+            info, temperature=cfg.rollout.temperature, sampler_topk=None, vocab_size=vocab_size
+        )
+        recorded = info.metadata.get("tokenizer")
+        if not isinstance(recorded, dict) or recorded.get("type") != "char":
+            continue
+        alphabet = getattr(tokenizer, "alphabet", None)
+        if alphabet is not None and recorded.get("alphabet") != alphabet:
+            raise VocabMismatchError(
+                f"rollout file {str(info.path)!r} was tokenized with the character alphabet "
+                f"{recorded.get('alphabet')!r}, the policy uses {alphabet!r}"
+            )
 
 
 def run(cfg: Any) -> RunResult:

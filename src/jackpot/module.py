@@ -14,6 +14,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 import lightning as L
@@ -33,6 +34,7 @@ from jackpot.metrics import (
 )
 from jackpot.rollout.batch import RolloutBatch
 from jackpot.rollout.engine import RolloutEngine, SamplingParams
+from jackpot.rollout.files import load_step_rollouts, resolve_rollout_files
 from jackpot.rollout.hf import HFRolloutEngine
 from jackpot.rollout.sampling import sampling_logprobs
 from jackpot.samplers.base import Sampler, SamplerOutput
@@ -93,13 +95,17 @@ class NonFiniteError(RuntimeError):
 
 
 class JackpotModule(L.LightningModule):
-    """Policy + rollout model, two optimisers, manual optimisation."""
+    """Policy + rollout model, two optimisers, manual optimisation.
+
+    With ``cfg.rollout.files`` set (offline decoupled training) the rollouts of each step are
+    read from a file instead of generated, and ``rollout_model`` may be None: it is not used.
+    """
 
     def __init__(
         self,
         cfg: JackpotConfig,
         policy: nn.Module,
-        rollout_model: nn.Module,
+        rollout_model: nn.Module | None,
         tokenizer: Any,
         train_examples: Sequence[Example],
         eval_examples: Sequence[Example],
@@ -117,12 +123,20 @@ class JackpotModule(L.LightningModule):
         self.reward_fn = reward_fn
         self.sampler = sampler
         self.tracker = MetricTracker()
-        self.train_rollout = cfg.algo.train_rollout and cfg.algo.mode == "decoupled"
-        self.rollout_model.requires_grad_(self.train_rollout)
+        self.rollout_files: list[Path] | None = (
+            None if cfg.rollout.files is None else resolve_rollout_files(cfg.rollout.files)
+        )
+        if rollout_model is None and self.rollout_files is None:
+            raise ValueError("a rollout model is needed unless rollout.files is set")
+        self.train_rollout = (
+            cfg.algo.train_rollout and cfg.algo.mode == "decoupled" and rollout_model is not None
+        )
         # Warm starts hand models back in eval mode; the tiny models have no dropout, but
         # Lightning (rightly) warns about modules left in eval mode.
         self.policy.train()
-        self.rollout_model.train()
+        if rollout_model is not None:
+            rollout_model.requires_grad_(self.train_rollout)
+            rollout_model.train()
         self.controller = (
             DistillController(
                 cfg.algo.distill_coef,
@@ -151,11 +165,8 @@ class JackpotModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         """AdamW + linear warm-up for the policy, and for the rollout model when it trains."""
-        models = [(self.policy, self.cfg.policy_optim)]
-        if self.train_rollout:
-            models.append((self.rollout_model, self.cfg.rollout_optim))
         optimizers, schedulers = [], []
-        for model, oc in models:
+        for model, oc in self._trained_models():
             opt = torch.optim.AdamW(model.parameters(), lr=oc.lr, weight_decay=oc.weight_decay)
             optimizers.append(opt)
             schedulers.append(
@@ -187,10 +198,7 @@ class JackpotModule(L.LightningModule):
         t0 = time.perf_counter()
         rollout = self._rollout(step)
         t_rollout = time.perf_counter() - t0
-        rewards = torch.as_tensor(
-            self.reward_fn(rollout.prompts or [], self._decode(rollout), rollout.answers or []),
-            dtype=torch.float32,
-        )
+        rewards = self._rewards(rollout)
         t1 = time.perf_counter()
         scored = self._score(rollout, rewards)
         gen = seeded_generator(self.cfg.run.seed, step, self.global_rank, 1, self.device)
@@ -213,15 +221,16 @@ class JackpotModule(L.LightningModule):
         with torch.no_grad():
             logits_ref = self._response_logits(self.policy, rollout)
             need_full = "logits" in self.sampler.needs()
+            rescore = need_full and self.cfg.algo.mode == "decoupled" and self.rollout_files is None
             logits_w_old = (
-                self._response_logits(self.rollout_model, rollout)
-                if self.train_rollout or need_full
+                self._response_logits(self._rollout_net(), rollout)
+                if self.train_rollout or rescore
                 else None
             )
-        if need_full and (logits_w_old is None or self.cfg.algo.mode != "decoupled"):
+        if need_full and not rescore:
             raise ValueError(
                 f"sampler {self.sampler.name!r} needs the full p_inf, which only the decoupled "
-                "mode has (the rollout model is rescored)"
+                "mode generating its rollouts has (the rollout model is rescored)"
             )
         logp_w_old = None
         if self.train_rollout and logits_w_old is not None:
@@ -261,7 +270,7 @@ class JackpotModule(L.LightningModule):
             logp_new = token_logp(detached, scored.tensors.response_ids[index])
             sampled = scored.sample(self.sampler, index, logp_new, detached, gen)
         logits_w = (
-            self._response_logits(self.rollout_model, scored.rollout, index)
+            self._response_logits(self._rollout_net(), scored.rollout, index)
             if self.train_rollout
             else None
         )
@@ -277,7 +286,7 @@ class JackpotModule(L.LightningModule):
             clip=cfg.algo.clip,
             agg=cfg.algo.agg,
             rollout_tis_cap=cfg.algo.rollout_tis_cap,
-            max_len=cfg.rollout.max_new_tokens,
+            max_len=scored.rollout.params.max_new_tokens,
         )
         self._update(opts, loss.total)
         self.tracker.update({**sampled.metrics, **loss.stats})
@@ -290,8 +299,19 @@ class JackpotModule(L.LightningModule):
     # ------------------------------------------------------------------ helpers
 
     def _rollout(self, step: int) -> RolloutBatch:
-        """Sample this step's prompts and roll them out with the rollout engine."""
+        """Sample this step's prompts and roll them out, or read this step's rollout file."""
         cfg = self.cfg
+        if self.rollout_files is not None:
+            needs = self.sampler.needs()
+            return load_step_rollouts(
+                self.rollout_files,
+                step,
+                temperature=cfg.rollout.temperature,
+                sampler_topk=self.sampler.topk_k() if "topk" in needs else None,
+                vocab_size=self._vocab_size(),
+                rank=self.global_rank,
+                world=self.trainer.world_size,
+            ).to(self.device)
         idx = prompt_indices(
             len(self.train_examples),
             step,
@@ -317,8 +337,29 @@ class JackpotModule(L.LightningModule):
     def _engine(self, policy: bool = False) -> RolloutEngine:
         """The policy's engine (on-policy runs, evaluation) or the rollout model's."""
         use_policy = policy or self.cfg.algo.mode == "on_policy"
-        model = self.policy if use_policy else self.rollout_model
+        model = self.policy if use_policy else self._rollout_net()
         return HFRolloutEngine(cast(Any, model), self.tokenizer.pad_token_id)
+
+    def _rollout_net(self) -> nn.Module:
+        """The rollout model; an error in offline runs built without one."""
+        if self.rollout_model is None:
+            raise ValueError("this run has no rollout model (rollouts are read from files)")
+        return self.rollout_model
+
+    def _vocab_size(self) -> int:
+        """Output size of the policy: the vocabulary every rollout must use."""
+        return int(cast(Any, self.policy).get_output_embeddings().weight.shape[0])
+
+    def _rewards(self, rollout: RolloutBatch) -> Tensor:
+        """``(N,)`` rewards recorded with the rollouts (a file's), else from the reward function."""
+        if rollout.rewards is not None:
+            return rollout.rewards.float().cpu()
+        if rollout.prompts is None or rollout.answers is None:
+            raise ValueError("rollouts carry neither rewards nor prompt and answer texts to score")
+        return torch.as_tensor(
+            self.reward_fn(rollout.prompts, self._decode(rollout), rollout.answers),
+            dtype=torch.float32,
+        )
 
     def _decode(self, rollout: RolloutBatch) -> list[str]:
         return [self.tokenizer.decode(r) for r in rollout.response_lists()]
@@ -375,7 +416,7 @@ class JackpotModule(L.LightningModule):
     def _trained_models(self) -> list[tuple[nn.Module, Any]]:
         out = [(self.policy, self.cfg.policy_optim)]
         if self.train_rollout:
-            out.append((self.rollout_model, self.cfg.rollout_optim))
+            out.append((self._rollout_net(), self.cfg.rollout_optim))
         return out
 
     def _name(self, model: nn.Module) -> str:
@@ -417,8 +458,9 @@ class JackpotModule(L.LightningModule):
     @torch.no_grad()
     def _param_divergence(self) -> Tensor:
         """Largest difference of a parameter checksum across ranks: 0 when replicas agree."""
-        checksum = torch.stack([param_checksum(self.policy), param_checksum(self.rollout_model)])
-        gathered = cast(Tensor, self.all_gather(checksum))  # (world, 2)
+        models = [self.policy] if self.rollout_model is None else [self.policy, self.rollout_model]
+        checksum = torch.stack([param_checksum(m) for m in models])
+        gathered = cast(Tensor, self.all_gather(checksum))  # (world, models)
         return (gathered.amax(0) - gathered.amin(0)).max()
 
     @torch.no_grad()

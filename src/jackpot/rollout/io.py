@@ -64,6 +64,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +76,15 @@ from torch import Tensor
 from jackpot.rollout.batch import RolloutBatch, RolloutFormatError
 from jackpot.rollout.engine import SamplingParams
 
-__all__ = ["FORMAT_NAME", "HEADER_KEY", "SCHEMA_VERSION", "load_rollouts", "save_rollouts"]
+__all__ = [
+    "FORMAT_NAME",
+    "HEADER_KEY",
+    "SCHEMA_VERSION",
+    "RolloutFileInfo",
+    "load_rollouts",
+    "read_rollout_info",
+    "save_rollouts",
+]
 
 FORMAT_NAME = "jackpot.rollouts"
 HEADER_KEY = "jackpot.rollouts"
@@ -153,6 +162,78 @@ def load_rollouts(path: str | Path) -> RolloutBatch:
     )
     batch.validate()
     return batch
+
+
+@dataclass(frozen=True)
+class RolloutFileInfo:
+    """What a rollout file's header and tensor shapes say, read without loading any tensor."""
+
+    path: Path
+    """The file."""
+    params: SamplingParams
+    """The sampling parameters that define its ``p_inf``."""
+    vocab_size: int | None
+    """Size of the generating model's output layer, when recorded."""
+    num_sequences: int
+    """``N``, responses in the file."""
+    logprobs_k: int
+    """``k``, top log-probs of ``p_inf`` recorded per position (last dim of ``topk_ids``)."""
+    has_rewards: bool
+    """The optional ``rewards`` tensor is present."""
+    has_texts: bool
+    """Both ``prompts`` and ``answers`` texts are present (a reward function can score it)."""
+    metadata: dict[str, Any]
+    """The header's free metadata."""
+
+    @classmethod
+    def of_batch(cls, batch: RolloutBatch, path: str | Path) -> RolloutFileInfo:
+        """The same summary of a batch already loaded from ``path``."""
+        return cls(
+            path=Path(path),
+            params=batch.params,
+            vocab_size=batch.vocab_size,
+            num_sequences=batch.num_sequences,
+            logprobs_k=int(batch.topk_ids.shape[-1]),
+            has_rewards=batch.rewards is not None,
+            has_texts=batch.prompts is not None and batch.answers is not None,
+            metadata=batch.metadata,
+        )
+
+
+def read_rollout_info(path: str | Path) -> RolloutFileInfo:
+    """Header and shapes of a rollout file, cheaply (tensor values are not read or checked).
+
+    Raises :class:`RolloutFormatError` for an unreadable file, a bad header, missing or
+    unknown tensors; :func:`load_rollouts` still validates the values when the file is used.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"rollout file {str(file)!r} does not exist")
+    try:
+        with safe_open(file, framework="pt") as handle:
+            header = _parse_header(handle.metadata() or {})
+            names = set(handle.keys())
+            shapes = {name: handle.get_slice(name).get_shape() for name in names}
+    except (SafetensorError, OSError) as err:
+        raise RolloutFormatError("file", "a readable safetensors file", f"{err}") from None
+    missing = sorted(set(_TENSORS) - names)
+    if missing:
+        raise RolloutFormatError("tensors", f"all of {sorted(_TENSORS)}", f"{missing} missing")
+    topk_shape, ids_shape = shapes["topk_ids"], shapes["response_ids"]
+    if len(topk_shape) != 3 or len(ids_shape) != 2:
+        raise RolloutFormatError(
+            "topk_ids", "shape (N, T, k) beside response_ids (N, T)", f"{topk_shape}, {ids_shape}"
+        )
+    return RolloutFileInfo(
+        path=file,
+        params=_sampling(header["sampling"]),
+        vocab_size=None if header["vocab_size"] is None else _int_field(header, "vocab_size"),
+        num_sequences=int(ids_shape[0]),
+        logprobs_k=int(topk_shape[-1]),
+        has_rewards="rewards" in names,
+        has_texts=header.get("prompts") is not None and header.get("answers") is not None,
+        metadata=_dict_field(header, "metadata"),
+    )
 
 
 def _parse_header(metadata: dict[str, str]) -> dict[str, Any]:
