@@ -132,8 +132,10 @@ def run(rows: int, vocab: int, k: int, repeats: int, runs: int) -> dict[str, Any
     kwargs = {"rows": rows, "vocab": vocab, "k": k, "repeats": repeats}
     out: list[dict[str, Any]] = []
     for name, desc in VARIANTS.items():
-        results = [run_worker("normalizer", "measure", {"variant": name, **kwargs, "seed": r})
-                   for r in range(runs)]
+        results = [
+            run_worker("normalizer", "measure", {"variant": name, **kwargs, "seed": r})
+            for r in range(runs)
+        ]
         times = [t for res in results for t in res["times_s"]]
         out.append(
             {
@@ -149,7 +151,9 @@ def run(rows: int, vocab: int, k: int, repeats: int, runs: int) -> dict[str, Any
     base = out[0]
     for v in out:
         v["time_ratio"] = v["time_s"] / base["time_s"]
-        v["mem_ratio"] = v["extra_peak_mib"] / base["extra_peak_mib"] if base["extra_peak_mib"] else None
+        v["mem_ratio"] = (
+            v["extra_peak_mib"] / base["extra_peak_mib"] if base["extra_peak_mib"] else None
+        )
     return {
         "rows": rows,
         "vocab": vocab,

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from benchmarks.common import mem_total_gib, median, run_worker
+from benchmarks.common import median, mem_total_gib, run_worker
 from benchmarks.normalizer import LOGIT_SCALE, NOISE_SCALE
 
 SEQ_LEN = 512
@@ -96,7 +96,7 @@ def make_inputs(rows: int, vocab: int, seed: int = 0) -> Inputs:
 
 
 def loss_pass(inp: Inputs, sampled: Any | None) -> None:
-    """``token_logprobs`` with grad, ``policy_loss`` (weights from ``sampled`` or None), backward."""
+    """``token_logprobs`` with grad, ``policy_loss`` (weights of ``sampled`` or None), backward."""
     from jackpot.functional import token_logprobs
     from jackpot.losses import policy_loss
 
@@ -182,7 +182,11 @@ def run(vocabs: list[int], rows_list: list[int], repeats: int) -> dict[str, Any]
     grid: list[dict[str, Any]] = []
     for vocab in vocabs:
         for rows in rows_list:
-            point: dict[str, Any] = {"vocab": vocab, "rows": rows, "need_gib": needed_gib(rows, vocab)}
+            point: dict[str, Any] = {
+                "vocab": vocab,
+                "rows": rows,
+                "need_gib": needed_gib(rows, vocab),
+            }
             if not fits(rows, vocab):
                 point["skipped"] = (
                     f"needs ~{needed_gib(rows, vocab):.0f} GiB ({LIVE_COPIES} live B·T x V fp32 "
@@ -190,7 +194,9 @@ def run(vocabs: list[int], rows_list: list[int], repeats: int) -> dict[str, Any]
                     f"{mem_total_gib():.0f} GiB"
                 )
             else:
-                res = run_worker("overhead", "measure", {"rows": rows, "vocab": vocab, "repeats": repeats})
+                res = run_worker(
+                    "overhead", "measure", {"rows": rows, "vocab": vocab, "repeats": repeats}
+                )
                 point.update(_summary(res))
             grid.append(point)
     return {"seq_len": SEQ_LEN, "topk": TOPK, "budget": BUDGET, "repeats": repeats, "grid": grid}

@@ -176,19 +176,23 @@ def _run_one(cfg: CompareConfig, method: str, seed: int) -> dict[str, Any]:
 
 
 def _prime_warm_start(cfg: CompareConfig) -> None:
-    """Warm-start (or load) every distinct pair of models once, before runs go in parallel."""
+    """Warm-start (or load) every distinct pair of models once, before runs go in parallel.
+
+    With the runs' own thread count: torch's default oversubscribes a busy machine badly.
+    """
+    import torch
+
     from jackpot.config import load_config
     from jackpot.fit import build_module
 
     seen: set[str] = set()
     for method in cfg.methods:
         run_cfg = load_config(cfg.methods[method].config, run_overrides(cfg, method, cfg.seeds[0]))
-        key = json.dumps(
-            [asdict(run_cfg.policy), asdict(run_cfg.rollout_model), asdict(run_cfg.warmstart)],
-            sort_keys=True,
-        ) + json.dumps(asdict(run_cfg.task), sort_keys=True)
+        parts = (run_cfg.policy, run_cfg.rollout_model, run_cfg.warmstart, run_cfg.task)
+        key = json.dumps([asdict(p) for p in parts], sort_keys=True)
         if key not in seen:
             seen.add(key)
+            torch.set_num_threads(run_cfg.trainer.num_threads or 1)
             build_module(run_cfg)
 
 
