@@ -16,6 +16,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -150,21 +151,27 @@ def run_overrides(cfg: CompareConfig, method: str, seed: int) -> list[str]:
 
 
 def _run_one(cfg: CompareConfig, method: str, seed: int) -> dict[str, Any]:
-    """Run (or resume, or reuse) one (method, seed); return its ``finished.json`` record."""
+    """Run (or resume, or reuse) one (method, seed); return its ``finished.json`` record.
+
+    A finished run is reused only if it ran the same config file and overrides; a changed
+    setting starts that run afresh (its old directory is cleared).
+    """
     directory = run_dir(cfg, method, seed)
     done = directory / _FINISHED
+    setting = [cfg.methods[method].config, *run_overrides(cfg, method, seed)]
     if done.is_file():
-        return dict(json.loads(done.read_text()))
-    args = [sys.executable, "-m", "jackpot.fit", "--config", cfg.methods[method].config]
+        record = dict(json.loads(done.read_text()))
+        if record.get("setting") == setting:
+            return record
+        shutil.rmtree(directory)
+    args = [sys.executable, "-m", "jackpot.fit", "--config", setting[0]]
     if any((directory / "checkpoints").glob("step-*.ckpt")):
         args.append("--resume")
     directory.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with open(directory / "log.txt", "a") as log:
-        code = subprocess.run(
-            [*args, *run_overrides(cfg, method, seed)], stdout=log, stderr=log, check=False
-        ).returncode
-    record = {"method": method, "seed": seed, "returncode": code}
+        code = subprocess.run([*args, *setting[1:]], stdout=log, stderr=log, check=False).returncode
+    record = {"method": method, "seed": seed, "returncode": code, "setting": setting}
     record["wall_s"] = time.perf_counter() - start
     if code not in (0, 1):  # 1 = stopped on non-finite updates: a result, not a failure
         raise RuntimeError(
