@@ -96,8 +96,9 @@ def _write_compare_config(tmp_path: Path, cache: Path, **extra: str) -> Path:
     return path
 
 
-def test_the_shipped_comparison_config_loads_every_method() -> None:
-    cfg = load_compare_config(ROOT / "configs" / "compare.yaml")
+@pytest.mark.parametrize("name", ["compare", "compare_noclip"])
+def test_the_shipped_comparison_configs_load_every_method(name: str) -> None:
+    cfg = load_compare_config(ROOT / "configs" / f"{name}.yaml")
     assert next(iter(cfg.methods)) == cfg.reference == "on_policy"
     assert {"none", "tis", "icepop", "jackpot"} <= set(cfg.methods)
     assert len(cfg.seeds) >= 3

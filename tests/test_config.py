@@ -10,8 +10,8 @@ from jackpot.config import ConfigError, load_config
 
 from .conftest import ROOT
 
-CONFIGS = sorted(p for p in (ROOT / "configs").glob("*.yaml") if p.stem != "compare")
-"""Run configs (``compare.yaml`` describes a grid of them; tests/test_compare.py loads it)."""
+CONFIGS = sorted(p for p in (ROOT / "configs").glob("*.yaml") if not p.stem.startswith("compare"))
+"""Run configs (``compare*.yaml`` describe grids of them; tests/test_compare.py loads those)."""
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
