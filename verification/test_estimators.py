@@ -18,7 +18,14 @@ import torch
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from jackpot.functional import effective_sample_size, kl_k1, kl_k2, kl_k3, masked_mean
+from jackpot.functional import (
+    effective_sample_size,
+    kl_k1,
+    kl_k2,
+    kl_k3,
+    kl_k3_reverse,
+    masked_mean,
+)
 from verification import reference as ref
 from verification.conftest import pairs
 
@@ -47,6 +54,24 @@ def test_k1_and_k3_unbiased_by_enumeration(pair: tuple[torch.Tensor, torch.Tenso
     e_k3 = mpmath.fsum(a * b for a, b in zip(k3, qs, strict=True))
     assert abs(e_k3 - (kl - mass_outside)) <= tol
     assert all(x >= 0 for x in k3)
+
+
+@given(pairs(cover=True))
+def test_k3_reverse_unbiased_for_the_kl_floor_direction(
+    pair: tuple[torch.Tensor, torch.Tensor],
+) -> None:
+    """``E_q[r log r - (r - 1)] = KL(p || q)`` when q covers p (here p = the first
+    distribution, covered by the sampler q): the direction of the KL floor (fact 6)."""
+    lp, lq = pair  # q > 0 wherever p > 0
+    sup = lq > -math.inf
+    assume(bool(((lp - lq)[sup & (lp > -math.inf)].abs() <= 20).all()))  # inside the clamp
+    p, q = ref.mp_probs(lp), ref.mp_probs(lq)
+    kl = ref.divergence("kl", p, q)
+    k = ref.to_mp(kl_k3_reverse(lq[sup], lp[sup]))
+    qs = [x for x, s in zip(q, sup.tolist(), strict=True) if s]
+    tol = _k_tol(lq, lp) * (2 + mpmath.fsum(abs(a) * b for a, b in zip(k, qs, strict=True)))
+    assert abs(mpmath.fsum(a * b for a, b in zip(k, qs, strict=True)) - kl) <= tol
+    assert all(x >= 0 for x in k)
 
 
 logp = st.one_of(st.floats(-50.0, 0.0), st.sampled_from([0.0, -700.0, -1e4]), st.just(-math.inf))

@@ -9,6 +9,7 @@ from jackpot.functional.estimators import (
     kl_k1,
     kl_k2,
     kl_k3,
+    kl_k3_reverse,
     masked_mean,
 )
 from jackpot.functional.logits import (
@@ -62,6 +63,7 @@ __all__ = [
     "kl_k1",
     "kl_k2",
     "kl_k3",
+    "kl_k3_reverse",
     "log_acceptance_prob",
     "log_normalizer",
     "log_proposal_weight",

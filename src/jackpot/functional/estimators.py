@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["effective_sample_size", "kl_k1", "kl_k2", "kl_k3", "masked_mean"]
+__all__ = ["effective_sample_size", "kl_k1", "kl_k2", "kl_k3", "kl_k3_reverse", "masked_mean"]
 
 # verl clamps log-ratios to +-20 before exp; a larger |log ratio| carries no usable signal.
 LOG_RATIO_CLAMP = 20.0
@@ -42,6 +42,18 @@ def kl_k3(logp_sampler: Tensor, logp_other: Tensor) -> Tensor:
     """k3 estimate of ``KL(sampler || other)`` per token: ``r - 1 - log r``, ``r = p/q``."""
     log_r = (logp_other - logp_sampler).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
     return torch.expm1(log_r) - log_r
+
+
+def kl_k3_reverse(logp_sampler: Tensor, logp_other: Tensor) -> Tensor:
+    """k3-style estimate of ``KL(other || sampler)`` per token from tokens of the sampler.
+
+    ``r log r - (r - 1)`` with ``r = p/q``: unbiased (``E_q[r log r] = KL(p || q)``,
+    ``E_q[r] = 1``) and ``>= 0``. The direction of the KL floor (spec, fact 6).
+    """
+    log_r = (logp_other - logp_sampler).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    term = log_r.exp() * log_r - torch.expm1(log_r)
+    # p = 0: the limit r -> 0 is exactly 1 (the clamp at -20 would leave 1 - 21 e^-20)
+    return torch.where(logp_other == float("-inf"), torch.ones_like(term), term)
 
 
 def effective_sample_size(weights: Tensor, mask: Tensor) -> Tensor:
