@@ -37,7 +37,7 @@ __all__ = ["CompareConfig", "load_compare_config", "main", "run_comparison"]
 
 CURVES = {
     "eval_accuracy": ("eval/accuracy", "eval accuracy (mean@k)"),
-    "mismatch_kl": ("mismatch/kl_k3", "mismatch KL(p_inf || p_target), k3, nats"),
+    "mismatch_kl": ("mismatch/kl_k3", "mismatch KL(p_inf || policy), k3 (nats)"),
     "acceptance": (None, "acceptance (OBRS) / kept tokens (others)"),
     "reward": ("reward/mean", "rollout reward"),
 }
@@ -343,7 +343,7 @@ def plot_curves(
     ax.set_ylabel(label)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title(f"{label}: mean over seeds {list(cfg.seeds)}, band = min-max")
+    ax.set_title(f"mean over seeds {list(cfg.seeds)}; band = min-max", fontsize=9)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
