@@ -29,6 +29,7 @@ def tiny_overrides(run_dir: Path, cache_dir: Path, steps: int = 2) -> list[str]:
         "rollout_model.hidden_size=16",
         "rollout_model.num_layers=1",
         "rollout_model.num_heads=2",
+        "task.name=addition",
         "task.digits=1",
         "task.num_train=80",
         "task.num_eval=8",

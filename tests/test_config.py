@@ -100,7 +100,8 @@ BAD = [
         ["sampler.name=obrs", "sampler.budget=0.9", "sampler.topk=32"],
         "needs rollout.logprobs_k >= 32",
     ),
-    (["task.digits=1", "task.num_train=5000"], "too few distinct problems"),
+    (["task.name=addition", "task.digits=1", "task.num_train=5000"], "too few distinct problems"),
+    (["task.name=sort", "task.digits=1"], "max_length must be >= 2"),
     (["rollout.group_size"], "must look like key=value"),
     (["run.dir=${oc.env:HOME}"], "interpolation"),
 ]
