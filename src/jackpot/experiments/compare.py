@@ -234,16 +234,23 @@ def run_comparison(cfg: CompareConfig) -> dict[str, Any]:
         "methods": [asdict(m) for m in methods],
         "runs": [{"method": m, "seed": s, **asdict(v)} for (m, s), v in runs.items()],
     }
-    (out / "compare.json").write_text(json.dumps(result, indent=2, default=_json_default))
-    (out / "compare.md").write_text(markdown_table(methods, cfg, elapsed))
+    (out / "compare.json").write_text(json.dumps(_finite_or_none(result), indent=2))
+    (out / "compare.md").write_text(markdown_table(methods, cfg, wall))
     _write_curves(out / "compare_metrics.csv", rows)
     for name, (key, label) in CURVES.items():
         plot_curves(rows, cfg, key, label, out / f"compare_{name}.png")
     return result
 
 
-def _json_default(value: Any) -> Any:
-    return None if isinstance(value, float) and not math.isfinite(value) else str(value)
+def _finite_or_none(value: Any) -> Any:
+    """``value`` with NaN/inf floats as None, so ``compare.json`` is strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    return value
 
 
 def _fmt(pair: tuple[float, float], digits: int = 3) -> str:
@@ -251,14 +258,19 @@ def _fmt(pair: tuple[float, float], digits: int = 3) -> str:
     return "n/a" if not math.isfinite(mean) else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def markdown_table(methods: list[MethodSummary], cfg: CompareConfig, elapsed_s: float) -> str:
-    """The comparison as a markdown table (mean ± sample std over seeds)."""
+def markdown_table(methods: list[MethodSummary], cfg: CompareConfig, runs_wall_s: float) -> str:
+    """The comparison as a markdown table (mean ± sample std over seeds).
+
+    ``runs_wall_s``: the wall times of all runs added up (reused runs count with the time
+    they took when they ran).
+    """
     ref = next(m for m in methods if m.name == cfg.reference)
     lines = [
         f"Seeds {list(cfg.seeds)}; mean ± sample std over seeds. Accuracy = mean@k of the policy "
         f"on the held-out split at the last evaluation; Δ vs `{cfg.reference}`. Collapse: eval "
-        f"accuracy stays below {cfg.collapse_frac:.0%} of its best so far. Whole grid: "
-        f"{elapsed_s / 60:.1f} min wall ({cfg.jobs} runs in parallel).",
+        f"accuracy stays below {cfg.collapse_frac:.0%} of its best so far. All runs: "
+        f"{runs_wall_s / 60:.1f} min of wall time added up, about "
+        f"{runs_wall_s / 60 / cfg.jobs:.1f} min with {cfg.jobs} in parallel.",
         "",
         "| method | eval acc (mean@k) | Δ acc | pass@k | best acc | mismatch KL k3 | "
         "KL after OBRS | acceptance / kept | collapsed (steps) | wall / run | rollout share |",
