@@ -46,8 +46,9 @@ def verify(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """Check style and common bugs with ruff."""
     session.install("ruff>=0.6")
-    session.run("ruff", "check", "src", "tests", "verification", *session.posargs)
-    session.run("ruff", "format", "--check", "src", "tests", "verification")
+    paths = ("src", "tests", "verification", "benchmarks", "noxfile.py")
+    session.run("ruff", "check", *paths, *session.posargs)
+    session.run("ruff", "format", "--check", *paths)
 
 
 @nox.session

@@ -103,6 +103,7 @@ BAD = [
     (["task.name=addition", "task.digits=1", "task.num_train=5000"], "too few distinct problems"),
     (["task.name=sort", "task.digits=1"], "max_length must be >= 2"),
     (["rollout.group_size"], "must look like key=value"),
+    (["algo.mode=on_policy", "sampler.name=obrs", "sampler.lam=1"], "needs the full p_inf"),
     (["run.dir=${oc.env:HOME}"], "interpolation"),
 ]
 

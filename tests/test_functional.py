@@ -107,6 +107,9 @@ def test_logit_reductions_match_full_computation(chunk: int) -> None:
     torch.testing.assert_close(m, (lt - li).amax(-1))
     ids, logp = F.topk_logprobs(logits_i, 4, chunk_size=chunk)
     torch.testing.assert_close(logp, li.topk(4, -1).values)
+    picks = torch.randint(0, 40, (3, 5, 6), generator=g)
+    got = F.gather_logprobs(logits_t, picks, chunk_size=chunk)
+    torch.testing.assert_close(got, lt.gather(-1, picks))
     assert torch.equal(ids, li.topk(4, -1).indices)
     tok = torch.randint(0, 40, (3, 5), generator=g)
     torch.testing.assert_close(

@@ -481,11 +481,17 @@ def _validate_sampler(cfg: JackpotConfig) -> None:
     from jackpot.samplers import SamplerParameterError, get_sampler
 
     try:
-        get_sampler(cfg.sampler.name, **cfg.sampler.kwargs())
+        sampler = get_sampler(cfg.sampler.name, **cfg.sampler.kwargs())
     except SamplerParameterError as exc:
         raise ConfigError(f"sampler.* ({cfg.sampler.name}): {exc}") from None
     except ValueError as exc:
         raise ConfigError(f"sampler.name={cfg.sampler.name!r}: {exc}") from None
+    if "logits" in sampler.needs() and cfg.algo.mode != "decoupled":
+        raise ConfigError(
+            f"sampler.name={cfg.sampler.name!r} needs the full p_inf of a rollout model, which "
+            f"algo.mode={cfg.algo.mode!r} has none of; use algo.mode=decoupled, sampler.topk=k "
+            "(obrs) or a token-level sampler"
+        )
 
 
 def _validate_task_size(task: TaskConfig) -> None:

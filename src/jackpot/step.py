@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from jackpot.functional import token_logprobs, topk_logprobs
+from jackpot.functional import gather_logprobs, token_logprobs, topk_logprobs
 from jackpot.losses import (
     broadcast_to_tokens,
     distill_kl_full,
@@ -143,9 +143,8 @@ def candidate_set(
     ``-inf`` (unknown), which :func:`~jackpot.functional.sparse_topk_normalizer` treats as 0.
     """
     ids_tgt, _ = topk_logprobs(logits_target, k)  # (N, T, k)
-    ids = torch.cat([topk_ids_inf, ids_tgt], dim=-1)
-    log_z = torch.logsumexp(logits_target.float(), dim=-1, keepdim=True)
-    logp_target = logits_target.float().gather(-1, ids) - log_z
+    ids = torch.cat([topk_ids_inf, ids_tgt], dim=-1)  # (N, T, k_inf + k)
+    logp_target = gather_logprobs(logits_target, ids)  # chunked: no (N, T, V) copy
     unknown = torch.full(ids_tgt.shape, float("-inf"), dtype=topk_logp_inf.dtype)
     logp_inf = torch.cat([topk_logp_inf, unknown.to(topk_logp_inf.device)], dim=-1)
     return ids, logp_inf.to(logp_target.dtype), logp_target

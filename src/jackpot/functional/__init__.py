@@ -13,6 +13,7 @@ from jackpot.functional.estimators import (
     masked_mean,
 )
 from jackpot.functional.logits import (
+    gather_logprobs,
     max_log_ratio_from_logits,
     normalizer_from_logits,
     token_logprobs,
@@ -56,6 +57,7 @@ __all__ = [
     "batch_log_lambda",
     "draw_accept",
     "effective_sample_size",
+    "gather_logprobs",
     "geo_mean_log_ratio",
     "icepop_mask",
     "is_weight",

@@ -16,6 +16,7 @@ from torch import Tensor
 from jackpot.functional.obrs import log_normalizer
 
 __all__ = [
+    "gather_logprobs",
     "max_log_ratio_from_logits",
     "normalizer_from_logits",
     "token_logprobs",
@@ -85,6 +86,22 @@ def topk_logprobs(logits: Tensor, k: int, *, chunk_size: int = 1024) -> tuple[Te
 
     ids, logp = _map_rows(chunk, (logits,), chunk_size)
     return ids, logp
+
+
+@torch.no_grad()
+def gather_logprobs(logits: Tensor, ids: Tensor, *, chunk_size: int = 1024) -> Tensor:
+    """``log softmax(logits)`` at ``ids`` ``(..., m)`` -> ``(..., m)``, in row chunks; detached.
+
+    The candidate-set log-probs of the top-k normaliser, without a ``(..., V)`` log-softmax copy.
+    """
+    dtype = _compute_dtype(logits)
+
+    def chunk(lg: Tensor, idx: Tensor) -> Tensor:
+        lg = lg.to(dtype)
+        return lg.gather(-1, idx) - torch.logsumexp(lg, dim=-1, keepdim=True)
+
+    (out,) = _map_rows(chunk, (logits, ids), chunk_size)
+    return out
 
 
 @torch.no_grad()

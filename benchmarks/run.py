@@ -1,0 +1,94 @@
+"""``python -m benchmarks.run [--quick] [--out DIR] [--threads N]``: all three sections.
+
+Runs the normaliser, sampler-overhead and end-to-end sections (each measurement in fresh
+subprocesses), checks the issue's targets, and writes ``bench.json`` (every figure, machine
+facts) and ``bench.md`` (tables, ratios against the same run's baselines) to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks import e2e, normalizer, overhead
+from benchmarks.common import ROOT, machine_info
+from benchmarks.report import render, targets
+
+FULL: dict[str, dict[str, Any]] = {
+    "normalizer": {"rows": 8192, "vocab": 32000, "k": 20, "repeats": 3, "runs": 2},
+    "overhead": {"vocabs": [32000, 152064], "rows_list": [4096, 16384], "repeats": 3},
+    "e2e": {
+        "policy": (512, 6, 8),
+        "rollout": (128, 2, 4),
+        "max_new_tokens": 48,
+        "prompts_per_step": 8,
+        "steps": 4,
+        "runs": 2,
+    },
+}
+"""Sizes of the real run: Qwen-like vocabularies, a rollout model ~10x cheaper to sample."""
+
+QUICK: dict[str, dict[str, Any]] = {
+    "normalizer": {"rows": 512, "vocab": 4000, "k": 20, "repeats": 2, "runs": 1},
+    "overhead": {"vocabs": [4000], "rows_list": [1024], "repeats": 2},
+    "e2e": {
+        "policy": (64, 2, 4),
+        "rollout": (32, 1, 4),
+        "max_new_tokens": 8,
+        "prompts_per_step": 4,
+        "steps": 3,
+        "runs": 1,
+    },
+}
+"""Tiny sizes of the smoke run (``--quick``): checks the plumbing, not the speed."""
+
+
+def run_all(sizes: dict[str, dict[str, Any]], quick: bool) -> dict[str, Any]:
+    """Every section at ``sizes``; the result dict that ``bench.json`` holds."""
+    start = time.perf_counter()
+    results: dict[str, Any] = {"quick": quick, "machine": machine_info(), "sizes": sizes}
+    for name, section in (("normalizer", normalizer), ("overhead", overhead), ("e2e", e2e)):
+        t0, load0 = time.perf_counter(), os.getloadavg()[0]
+        print(f"[bench] {name} {sizes[name]} ...", flush=True)
+        results[name] = section.run(**sizes[name])
+        elapsed = time.perf_counter() - t0
+        # 1-minute load averages around the section: other jobs on the machine skew times.
+        results[name]["loadavg"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
+        results[name]["elapsed_s"] = elapsed
+        print(f"[bench] {name} done in {elapsed:.0f} s", flush=True)
+    results["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    results["elapsed_s"] = time.perf_counter() - start
+    results["targets"] = targets(results)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the arguments, run the sections, write ``bench.json`` and ``bench.md``."""
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="tiny sizes: a < 90 s smoke run")
+    p.add_argument("--out", type=Path, default=ROOT / "docs" / "results", help="output folder")
+    p.add_argument("--threads", type=int, help="torch CPU threads of every worker")
+    args = p.parse_args(argv)
+    if args.threads:
+        import torch
+
+        os.environ["BENCH_THREADS"] = str(args.threads)  # read by every worker
+        torch.set_num_threads(args.threads)  # so machine_info reports it
+    results = run_all(QUICK if args.quick else FULL, args.quick)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench.json").write_text(json.dumps(results, indent=1) + "\n")
+    (args.out / "bench.md").write_text(render(results))
+    for t in results["targets"]:
+        status = {None: "n/a", True: "met", False: "missed"}[t["met"]]
+        print(f"[bench] {t['target']}: {status} ({t['measured']})")
+    print(f"[bench] wrote {args.out / 'bench.json'} and {args.out / 'bench.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
