@@ -64,9 +64,10 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -75,6 +76,9 @@ from torch import Tensor
 
 from jackpot.rollout.batch import RolloutBatch, RolloutFormatError
 from jackpot.rollout.engine import SamplingParams
+
+T = TypeVar("T")
+"""What a reader of an open rollout file returns."""
 
 __all__ = [
     "FORMAT_NAME",
@@ -139,17 +143,28 @@ def save_rollouts(batch: RolloutBatch, path: str | Path) -> Path:
     return target
 
 
-def load_rollouts(path: str | Path) -> RolloutBatch:
-    """Read and fully validate a rollout file; raises :class:`RolloutFormatError` on any defect."""
+def _read(path: str | Path, read: Callable[[Any], T]) -> tuple[Path, dict[str, Any], T]:
+    """Open a rollout file, parse its header and apply ``read`` to the open handle.
+
+    ``FileNotFoundError`` for a missing file; :class:`RolloutFormatError` for one that is not
+    a readable safetensors file or whose header is malformed.
+    """
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"rollout file {str(file)!r} does not exist")
     try:
         with safe_open(file, framework="pt") as handle:
-            header = _parse_header(handle.metadata() or {})
-            raw = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+            return file, _parse_header(handle.metadata() or {}), read(handle)
     except (SafetensorError, OSError) as err:
         raise RolloutFormatError("file", "a readable safetensors file", f"{err}") from None
+
+
+def load_rollouts(path: str | Path) -> RolloutBatch:
+    """Read and fully validate a rollout file; raises :class:`RolloutFormatError` on any defect."""
+    _, header, raw = _read(
+        path,
+        lambda handle: {name: handle.get_tensor(name) for name in handle.keys()},
+    )
     tensors = _convert_tensors(raw)
     batch = RolloutBatch(
         params=_sampling(header["sampling"]),
@@ -206,16 +221,11 @@ def read_rollout_info(path: str | Path) -> RolloutFileInfo:
     Raises :class:`RolloutFormatError` for an unreadable file, a bad header, missing or
     unknown tensors; :func:`load_rollouts` still validates the values when the file is used.
     """
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"rollout file {str(file)!r} does not exist")
-    try:
-        with safe_open(file, framework="pt") as handle:
-            header = _parse_header(handle.metadata() or {})
-            names = set(handle.keys())
-            shapes = {name: handle.get_slice(name).get_shape() for name in names}
-    except (SafetensorError, OSError) as err:
-        raise RolloutFormatError("file", "a readable safetensors file", f"{err}") from None
+    file, header, shapes = _read(
+        path,
+        lambda handle: {name: handle.get_slice(name).get_shape() for name in handle.keys()},
+    )
+    names = set(shapes)
     missing = sorted(set(_TENSORS) - names)
     if missing:
         raise RolloutFormatError("tensors", f"all of {sorted(_TENSORS)}", f"{missing} missing")
