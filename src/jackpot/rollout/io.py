@@ -163,7 +163,7 @@ def load_rollouts(path: str | Path) -> RolloutBatch:
     """Read and fully validate a rollout file; raises :class:`RolloutFormatError` on any defect."""
     _, header, raw = _read(
         path,
-        lambda handle: {name: handle.get_tensor(name) for name in handle.keys()},
+        lambda handle: {name: handle.get_tensor(name) for name in handle.keys()},  # noqa: SIM118
     )
     tensors = _convert_tensors(raw)
     batch = RolloutBatch(
@@ -223,7 +223,7 @@ def read_rollout_info(path: str | Path) -> RolloutFileInfo:
     """
     file, header, shapes = _read(
         path,
-        lambda handle: {name: handle.get_slice(name).get_shape() for name in handle.keys()},
+        lambda h: {name: h.get_slice(name).get_shape() for name in h.keys()},  # noqa: SIM118
     )
     names = set(shapes)
     missing = sorted(set(_TENSORS) - names)
