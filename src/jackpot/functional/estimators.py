@@ -11,7 +11,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["effective_sample_size", "kl_k1", "kl_k2", "kl_k3", "kl_k3_reverse", "masked_mean"]
+__all__ = [
+    "effective_sample_size",
+    "kl_floor",
+    "kl_k1",
+    "kl_k2",
+    "kl_k3",
+    "kl_k3_reverse",
+    "masked_mean",
+]
 
 # verl clamps log-ratios to +-20 before exp; a larger |log ratio| carries no usable signal.
 LOG_RATIO_CLAMP = 20.0
@@ -54,6 +62,16 @@ def kl_k3_reverse(logp_sampler: Tensor, logp_other: Tensor) -> Tensor:
     term = log_r.exp() * log_r - torch.expm1(log_r)
     # p = 0: the limit r -> 0 is exactly 1 (the clamp at -20 would leave 1 - 21 e^-20)
     return torch.where(logp_other == float("-inf"), torch.ones_like(term), term)
+
+
+def kl_floor(kl_target_inf: Tensor, log_z: Tensor, mask: Tensor) -> Tensor:
+    """Least mean ``KL(p_target || p_after)`` any rule with acceptances ``Z_t`` can leave -> scalar.
+
+    Spec, fact 6: per position ``KL_t(p_target || p_after) >= KL_t(p_target || p_inf) -
+    log(1/Z_t)``; averaged over ``mask`` and floored at 0. ``kl_target_inf``: per-token
+    estimates of ``KL(p_target || p_inf)`` (e.g. :func:`kl_k3_reverse`); all ``(B, T)``.
+    """
+    return (masked_mean(kl_target_inf, mask) + masked_mean(log_z, mask)).clamp(min=0.0)
 
 
 def effective_sample_size(weights: Tensor, mask: Tensor) -> Tensor:

@@ -25,6 +25,7 @@ __all__ = [
     "draw_accept",
     "log_acceptance_prob",
     "log_normalizer",
+    "log_post_rejection_at",
     "log_proposal_weight",
     "max_feasible_budget",
     "normalizer",
@@ -143,6 +144,23 @@ def post_rejection(
             "supports), so the post-rejection distribution is undefined"
         )
     return (log_mass - log_z).exp()
+
+
+def log_post_rejection_at(
+    logp_target: Tensor,
+    logp_inf: Tensor,
+    log_z: Tensor,
+    lam: Lam | None = None,
+    *,
+    log_lam: Lam | None = None,
+) -> Tensor:
+    """``log p_obrs`` at given tokens: ``log min(p_inf, p_target/lam) - log Z``, elementwise.
+
+    For sampled-token log-probs ``(B, T)`` with their ``log Z_t`` ``(B, T)`` (exact or top-k),
+    without the full distribution that :func:`post_rejection` needs.
+    """
+    log_l = _log_lam(lam, logp_target, log_lam)
+    return torch.minimum(logp_inf, logp_target - log_l) - log_z
 
 
 def log_proposal_weight(

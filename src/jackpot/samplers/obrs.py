@@ -22,9 +22,11 @@ from jackpot.functional import (
     batch_log_lambda,
     draw_accept,
     kappa,
+    kl_floor,
     kl_k1,
     kl_k3,
     kl_k3_reverse,
+    log_post_rejection_at,
     log_proposal_weight,
     log_ratio,
     masked_mean,
@@ -118,15 +120,16 @@ class OBRS(Sampler):
         z = self._normalizer(batch, log_lam, accept_prob, mask, metrics)
         if z is not None:
             log_z = z.log()
-            log_p_obrs = torch.minimum(batch.logp_inf, batch.logp_target - log_lam) - log_z
-            # Fact 6: no rule with acceptance Z_t takes more than log(1/Z_t) nats off
-            # KL(p_target || p_inf) (that direction, estimated from the proposed tokens).
-            kl_target_inf = masked_mean(kl_k3_reverse(batch.logp_inf, batch.logp_target), resp)
+            log_p_obrs = log_post_rejection_at(
+                batch.logp_target, batch.logp_inf, log_z, log_lam=log_lam
+            )
+            # Fact 6 bounds KL(p_target || p_inf), estimated from the proposed tokens.
+            kl_target_inf = kl_k3_reverse(batch.logp_inf, batch.logp_target)
             metrics.update(
                 {
                     "obrs/z_mean": masked_mean(z, resp),
-                    "obrs/kl_target_inf": kl_target_inf,
-                    "obrs/kl_floor": (kl_target_inf + masked_mean(log_z, resp)).clamp(min=0.0),
+                    "obrs/kl_target_inf": masked_mean(kl_target_inf, resp),
+                    "obrs/kl_floor": kl_floor(kl_target_inf, log_z, resp),
                     "mismatch/kl_k1_after": masked_mean(kl_k1(log_p_obrs, batch.logp_target), mask),
                     "mismatch/kl_k3_after": masked_mean(kl_k3(log_p_obrs, batch.logp_target), mask),
                 }
