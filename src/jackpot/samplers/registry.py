@@ -11,7 +11,7 @@ from typing import Any
 
 from jackpot.samplers.base import Sampler, SamplerParameterError
 
-__all__ = ["ENTRY_POINT_GROUP", "available_samplers", "get_sampler"]
+__all__ = ["ENTRY_POINT_GROUP", "available_samplers", "get_sampler", "sampler_parameters"]
 
 ENTRY_POINT_GROUP = "jackpot.samplers"
 
@@ -59,20 +59,27 @@ def get_sampler(name: str, **params: Any) -> Sampler:
 
     An unknown name lists the installed samplers; an unknown parameter lists the accepted ones.
     """
-    samplers = _load_all()
-    if name not in samplers:
-        installed = ", ".join(sorted(samplers)) or "none (is jackpot installed? pip install -e .)"
-        raise ValueError(f"unknown sampler {name!r}; installed samplers: {installed}")
-    cls = samplers[name]
-    accepted = [
-        p.name
-        for p in inspect.signature(cls.__init__).parameters.values()
-        if p.name != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
-    ]
+    accepted = sampler_parameters(name)
     unknown = sorted(set(params) - set(accepted))
     if unknown:
         raise SamplerParameterError(
             f"sampler {name!r} got unknown parameter(s) {unknown}; it accepts: "
             f"{', '.join(accepted) or 'no parameters'}"
         )
-    return cls(**params)
+    return _load_all()[name](**params)
+
+
+def sampler_parameters(name: str) -> list[str]:
+    """Keyword parameters of the sampler registered as ``name``, read from its ``__init__``.
+
+    An unknown name raises ``ValueError`` listing the installed samplers.
+    """
+    samplers = _load_all()
+    if name not in samplers:
+        installed = ", ".join(sorted(samplers)) or "none (is jackpot installed? pip install -e .)"
+        raise ValueError(f"unknown sampler {name!r}; installed samplers: {installed}")
+    return [
+        p.name
+        for p in inspect.signature(samplers[name].__init__).parameters.values()
+        if p.name != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
