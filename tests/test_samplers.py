@@ -82,6 +82,13 @@ def test_unknown_sampler_lists_installed_ones() -> None:
         ("icepop", {"alpha": -0.1}, "alpha=-0.1"),
         ("geo_mask", {"alpha": 0.0}, "alpha=0.0"),
         ("tis", {"C": 2.0}, r"unknown parameter\(s\) \['C'\]; it accepts: cap"),
+        ("tis", {"cap": True}, r"cap=True is a bool, not a number; allowed cap in \(0, inf\)"),
+        ("obrs", {"lam": True}, r"lam=True is a bool, not a number; allowed lam in \(0, inf\)"),
+        ("obrs", {"budget": False}, "budget=False is a bool, not a number"),
+        ("obrs", {"lam": 1.0, "topk": True}, "topk=True is a bool"),
+        ("obrs", {"lam": "1.0"}, "lam='1.0' is a str, not a number"),
+        ("icepop", {"beta": True}, "beta=True is a bool"),
+        ("geo_mask", {"alpha": False}, "alpha=False is a bool"),
     ],
 )
 def test_bad_parameters_name_the_parameter_and_range(name: str, params: dict, match: str) -> None:
@@ -191,6 +198,25 @@ def test_baseline_weights() -> None:
     g = ((batch.logp_ref - batch.logp_inf) * resp).sum(-1) / resp.sum(-1)
     keep = ((g.exp() >= 0.5) & (g.exp() <= 2.0)).double()
     torch.testing.assert_close(geo.mask, keep[:, None] * resp)
+
+
+def test_geo_mask_clamps_each_token_before_the_mean_as_verl() -> None:
+    """verl 0.9.1 ``seq_mean_k1`` on this row: tokens 25 and -50 clamp to +-20, mean -0.2146
+    (verl's statistic k1 = +0.2146) is inside [log 0.5, log 2]: kept. Averaging the raw
+    log-ratios first gives -3.786 and would mask the row."""
+    lr = torch.tensor([[-0.2991, 25.0, -0.6721, -50.0, -0.3038, -0.3734, 0.1464]])
+    lr = lr.double()
+    logp_inf = torch.full_like(lr, -60.0)
+    logp_ref = logp_inf + lr
+    mask = torch.ones_like(lr)
+    g = F.geo_mean_log_ratio(logp_ref, logp_inf, mask)
+    assert g.item() == pytest.approx(-0.2146, abs=5e-5)
+    assert lr.mean().item() == pytest.approx(-3.786, abs=5e-4)  # the old, unclamped statistic
+    batch = SamplerInput(logp_inf, logp_ref, logp_ref, mask)
+    out = get_sampler("geo_mask", alpha=0.5, beta=2.0)(batch)
+    assert out.mask.tolist() == [[1.0] * 7]
+    # A band that excludes the clamped mean (alpha > e^-0.2146 = 0.807) masks the row.
+    assert get_sampler("geo_mask", alpha=0.85, beta=2.0)(batch).mask.sum().item() == 0.0
 
 
 def test_third_party_sampler_is_found_after_install(tmp_path: Path) -> None:

@@ -6,8 +6,9 @@
 - IcePop / token rejection: keep iff ``alpha <= ratio <= beta`` on that clamped ratio;
 - sequence IS (``seq_tis``): the product of the token ratios, i.e. ``exp`` of the masked SUM
   of the raw token log-ratios, clamped to +-20 after summing, then truncated at C;
-- geometric mask (``geo_mask``): the masked MEAN of the raw token log-ratios, clamped to
-  +-20, ``exp``, kept iff inside ``[alpha, beta]``.
+- geometric mask (``geo_mask``, verl ``seq_mean_k1``): each token log-ratio clamped to +-20
+  FIRST, then the masked MEAN, ``exp``, kept iff inside ``[alpha, beta]`` (verl bounds
+  ``k1 = -mean``; the band used here, ``[0.5, 2]``, is symmetric, so the sign does not matter).
 
 (verl divides by ``mask.sum() + 1e-8``; that moves the geometric mean by a relative 1e-8 and
 only matters within 1e-8 of a band edge, which the examples avoid.) Two regimes: token
@@ -47,7 +48,8 @@ def verl_seq_weight(lr: torch.Tensor, mask: torch.Tensor, cap: float) -> torch.T
 
 
 def verl_geo_mean(lr: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    total = torch.where(mask.bool(), lr, torch.zeros_like(lr)).sum(-1)
+    clamped = lr.clamp(-SAFETY, SAFETY)
+    total = torch.where(mask.bool(), clamped, torch.zeros_like(lr)).sum(-1)
     return total / mask.sum(-1).clamp(min=1)
 
 
@@ -141,18 +143,19 @@ def test_sequence_level_matches_verl_inside_clamp(case) -> None:
 
 @given(token_batches(max_abs=60.0, allow_zero_ref=True))
 def test_sequence_level_matches_verl_beyond_clamp(case) -> None:
-    """Token log-ratios beyond +-20 (or p_ref = 0): verl sums/averages the RAW log-ratios and
-    clamps the aggregate; a per-token clamp before aggregating changes the result."""
+    """Token log-ratios beyond +-20 (or p_ref = 0): verl's sequence weight sums the RAW
+    log-ratios and clamps the sum, its geometric mask clamps each token before the mean."""
     _check_sequence_level(*case)
 
 
 def test_sequence_level_pinned_example() -> None:
     """Two tokens with log-ratios +30 and -28: the product of the ratios is e^2 (seq_tis
-    weight min(e^2, 2) = 2; geometric mean e^1 > beta = 2, so geo_mask rejects). Clamping each
-    token to +-20 first would give e^0 = 1 (weight 1, sequence kept)."""
+    weight min(e^2, 2) = 2, clamping the sum); geo_mask clamps each token first, +20 and -20,
+    so the geometric mean is e^0 = 1 and the sequence is kept (the raw mean e^1 > beta = 2
+    would reject it)."""
     li = torch.tensor([[-35.0, -1.0]], dtype=torch.float64)
     lref = torch.tensor([[-5.0, -29.0]], dtype=torch.float64)
     mask = torch.ones(1, 2, dtype=torch.float64)
     batch = SamplerInput(li, lref, lref, mask)
     assert get_sampler("seq_tis", cap=2.0)(batch).weights.tolist() == [[2.0, 2.0]]
-    assert get_sampler("geo_mask", alpha=0.5, beta=2.0)(batch).mask.tolist() == [[0.0, 0.0]]
+    assert get_sampler("geo_mask", alpha=0.5, beta=2.0)(batch).mask.tolist() == [[1.0, 1.0]]

@@ -2,10 +2,10 @@
 
 Token level: plain IS ``p_ref/p_inf`` (AReaL), truncated IS ``min(p_ref/p_inf, C)`` (Flash-RL,
 verl ``token_tis``: truncation from above only), IcePop's band mask ``alpha <= ratio <= beta``.
-Sequence level: truncated product of the token ratios (verl ``seq_tis``) and the geometric-mean
-mask (verl ``geo_mask``). Log-ratios are clamped to +-20 before ``exp`` (verl's safety bound);
-at sequence level, as in verl, the clamp acts on the sum / mean of the raw token log-ratios,
-never on the tokens (clamping each token first changes the product).
+Sequence level: truncated product of the token ratios (verl's sequence IS weight) and the
+geometric-mean mask (verl's ``seq_mean_k1`` rejection). Log-ratios are clamped to +-20 (verl's
+safety bound) where verl clamps them: the sequence weight sums the raw token log-ratios and
+clamps the sum; the geometric mask clamps each token's log-ratio, then averages.
 """
 
 from __future__ import annotations
@@ -80,10 +80,13 @@ def seq_log_ratio(logp_ref: Tensor, logp_inf: Tensor, mask: Tensor) -> Tensor:
 
 
 def geo_mean_log_ratio(logp_ref: Tensor, logp_inf: Tensor, mask: Tensor) -> Tensor:
-    """Mean raw token log-ratio of each response, clamped to ``[-20, 20]`` -> ``(B,)``.
+    """Mean over the response of the token log-ratios, each clamped to ``[-20, 20]`` -> ``(B,)``.
 
-    The log of the geometric-mean ratio (verl ``geo_mask``); 0 for an empty response.
+    The log of the geometric-mean ratio as verl 0.9.1's ``seq_mean_k1`` forms it (clamp per
+    token, then average, so one extreme token moves the mean by at most ``20 / n``); 0 for an
+    empty response. Positions outside ``mask`` are selected away, whatever they hold.
     """
-    n = (mask != 0).sum(-1).clamp(min=1).to(logp_ref.dtype)
-    mean = _masked_log_ratio_sum(logp_ref, logp_inf, mask) / n
-    return mean.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    on = mask != 0
+    lr = torch.where(on, log_ratio(logp_ref, logp_inf), torch.zeros_like(logp_ref))
+    n = on.sum(-1).clamp(min=1).to(logp_ref.dtype)
+    return lr.sum(-1) / n

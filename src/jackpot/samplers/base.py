@@ -7,6 +7,7 @@ transformers, on a rollout file written by another engine, or on a test's number
 from __future__ import annotations
 
 import math
+import numbers
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, fields
 from typing import ClassVar, Literal
@@ -35,16 +36,23 @@ def check_range(
     low_open: bool = True,
     high_open: bool = False,
 ) -> float:
-    """Return ``value`` as a float, or raise naming the parameter, the value and its range."""
+    """Return ``value`` as a float, or raise naming the parameter, the value and its range.
+
+    Only real numbers pass: a bool (``cap=True``) or a string would otherwise become 1.0 or a
+    bare ``ValueError`` from ``float()``.
+    """
+    allowed = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise SamplerParameterError(
+            f"sampler {sampler!r}: {name}={value!r} is a {type(value).__name__}, not a number; "
+            f"allowed {name} in {allowed}"
+        )
     v = float(value)
     ok = not math.isnan(v)
     ok = ok and (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
     if not ok:
-        lo = "(" if low_open else "["
-        hi = ")" if high_open else "]"
         raise SamplerParameterError(
-            f"sampler {sampler!r}: {name}={value!r} is out of range; allowed {name} in "
-            f"{lo}{low:g}, {high:g}{hi}"
+            f"sampler {sampler!r}: {name}={value!r} is out of range; allowed {name} in {allowed}"
         )
     return v
 

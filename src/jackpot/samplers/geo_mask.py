@@ -1,4 +1,9 @@
-"""``geo_mask``: drop a sequence whose geometric-mean ratio leaves ``[alpha, beta]`` (verl)."""
+"""``geo_mask``: drop a sequence whose geometric-mean ratio leaves ``[alpha, beta]``.
+
+verl 0.9.1's ``seq_mean_k1`` rejection: the same clamped statistic, but verl bounds
+``k1 = -mean log ratio``, so its band ``lower_upper`` is our ``[1/upper, 1/lower]`` (identical
+for symmetric bands such as the default ``[0.5, 2]``). See ``docs/math.md``.
+"""
 
 from __future__ import annotations
 
@@ -32,7 +37,7 @@ class GeometricMask(Sampler):
     def sample(self, batch: SamplerInput) -> SamplerOutput:
         """Keep sequences with ``log alpha <= mean_t log ratio <= log beta``.
 
-        The mean is of the raw token log-ratios, clamped to +-20 only then (verl).
+        Each token's log-ratio ``log p_ref - log p_inf`` is clamped to +-20 before the mean (verl).
         """
         g = geo_mean_log_ratio(batch.logp_ref, batch.logp_inf, batch.response_mask)  # (B,)
         keep = (g >= math.log(self.alpha)) & (g <= math.log(self.beta))
