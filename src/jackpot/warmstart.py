@@ -4,6 +4,7 @@ RL from a random model earns zero reward, so every GRPO advantage is zero and no
 learned. A few hundred steps of plain supervised fine-tuning on the task's train split give
 the rollout model and the policy a non-zero reward to start from. Weights are cached under a
 hash of everything that determines them, written atomically (temp file + rename), and reused.
+Training shows a progress bar on stderr (steps, loss); a reused cache entry is said in one line.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import hashlib
 import json
 import math
 import os
+import sys
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_model, save_model
 from torch import Tensor
+from tqdm import tqdm
 from transformers import PreTrainedModel
 
 from jackpot.models import ModelSpec, build_model
@@ -107,9 +111,16 @@ def sft_batch(examples: list[Example], tokenizer: CharTokenizer) -> tuple[Tensor
 
 
 def train_sft(
-    model: PreTrainedModel, examples: list[Example], tokenizer: CharTokenizer, config: SFTConfig
+    model: PreTrainedModel,
+    examples: list[Example],
+    tokenizer: CharTokenizer,
+    config: SFTConfig,
+    desc: str | None = None,
 ) -> list[float]:
-    """Plain AdamW loop of next-token cross-entropy on answers; returns the loss per step."""
+    """Plain AdamW loop of next-token cross-entropy on answers; returns the loss per step.
+
+    ``desc``: label of a progress bar on stderr (steps, loss); None = no bar.
+    """
     if not examples:
         raise ValueError("the warm start needs at least one training example")
     generator = torch.Generator().manual_seed(config.seed)
@@ -121,6 +132,9 @@ def train_sft(
     )
     model.train()
     losses: list[float] = []
+    bar = tqdm(
+        total=config.steps, desc=desc, file=sys.stderr, disable=desc is None, mininterval=0.5
+    )
     for _ in range(config.steps):
         picks = torch.randint(len(examples), (config.batch_size,), generator=generator).tolist()
         ids, mask, labels = sft_batch([examples[i] for i in picks], tokenizer)
@@ -133,6 +147,9 @@ def train_sft(
         optimizer.step()
         schedule.step()
         losses.append(loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+        bar.update(1)
+    bar.close()
     model.eval()
     return losses
 
@@ -154,13 +171,27 @@ def warm_start(
     key = cache_key(spec, task, config, tokenizer)
     path = directory / f"{spec.family}-h{spec.hidden_size}-l{spec.num_layers}-{key}.safetensors"
     model = build_model(spec)
+    name = f"{spec.family} {spec.hidden_size}x{spec.num_layers}"
     if path.is_file():
         load_model(model, path)
         model.eval()
+        _say(f"warm start: reusing {name} ({config.steps} steps on {task.name}) from {path}")
         return WarmStart(model=model, path=path, from_cache=True)
-    losses = train_sft(model, make_task(task).train, tokenizer, config)
+    _say(
+        f"warm start: fine-tuning {name} on {task.name} for {config.steps} steps (once; "
+        f"cached in {directory})"
+    )
+    start = time.perf_counter()
+    losses = train_sft(model, make_task(task).train, tokenizer, config, desc=f"warm start {name}")
     _save_atomically(model, path, {"final_loss": losses[-1] if losses else None, "key": key})
+    final = f", final loss {losses[-1]:.3f}" if losses else ""
+    _say(f"warm start: {name} done in {time.perf_counter() - start:.0f} s{final}")
     return WarmStart(model=model, path=path, from_cache=False)
+
+
+def _say(message: str) -> None:
+    """One progress line on stderr (stdout stays for results)."""
+    print(message, file=sys.stderr, flush=True)
 
 
 def _save_atomically(model: PreTrainedModel, path: Path, info: dict[str, Any]) -> None:

@@ -1,8 +1,9 @@
-"""``python -m jackpot.rollout``: generate, inspect and benchmark rollout files.
+"""python -m jackpot.rollout: generate, inspect and benchmark rollout files.
 
-generate  roll out a tiny (random or warm-started) model on a task, score, write a file
+generate  roll out the rollout model of a run config (--config, as for fit) on its task's
+          train split, score, write a file; without --config, a tiny model from flags
 inspect   print a readable summary of a rollout file
-bench     generated tokens/s of the engine, next to ``model.generate``, for a model size
+bench     generated tokens/s of the engine, next to model.generate, for a model size
 
 Bad input (unknown flags, missing files, malformed rollout files) exits with code 2.
 """
@@ -13,14 +14,15 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from jackpot.rollout.batch import left_pad
 from jackpot.rollout.engine import SamplingParams
+from jackpot.rollout.files import task_source
 from jackpot.rollout.io import load_rollouts, save_rollouts
 from jackpot.tasks.datasets import load_examples
 from jackpot.tasks.rewards import get_reward
@@ -31,48 +33,81 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 
-def _add_model_flags(parser: argparse.ArgumentParser) -> None:
-    """Flags describing a tiny model (shared by generate and bench)."""
-    group = parser.add_argument_group("model")
-    group.add_argument("--family", choices=["qwen2", "llama"], default="qwen2")
-    group.add_argument("--hidden-size", type=int, default=64)
-    group.add_argument("--num-layers", type=int, default=2)
-    group.add_argument("--num-heads", type=int, default=4)
-    group.add_argument("--model-seed", type=int, default=0, help="random-init seed")
+_MODEL_FLAGS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("--family", {"choices": ["qwen2", "llama"], "default": "qwen2"}),
+    ("--hidden-size", {"type": int, "default": 64}),
+    ("--num-layers", {"type": int, "default": 2}),
+    ("--num-heads", {"type": int, "default": 4}),
+    ("--model-seed", {"type": int, "default": 0, "help": "random-init seed"}),
+)
+"""A tiny model (generate without --config, and bench)."""
+
+_FLAG_ONLY: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("--task", {"choices": sorted(TASKS), "default": "addition"}),
+    ("--dataset", {"type": Path, "default": None, "help": "JSONL/Parquet file, not --task"}),
+    ("--prompt-field", {"default": "prompt"}),
+    ("--answer-field", {"default": "answer"}),
+    ("--n-prompts", {"type": int, "default": 8}),
+    ("--group-size", {"type": int, "default": 4}),
+    ("--reward", {"default": "exact_match", "help": "name in jackpot.rewards"}),
+    ("--warmstart-steps", {"type": int, "default": 0, "help": "SFT steps first (0 = random)"}),
+    ("--cache-dir", {"type": Path, "default": None, "help": "warm-start weight cache"}),
+    *_MODEL_FLAGS,
+    ("--temperature", {"type": float, "default": 1.0, "help": "0 = greedy"}),
+    ("--top-k", {"type": int, "default": 0, "help": "0 = off"}),
+    ("--top-p", {"type": float, "default": 1.0, "help": "1 = off"}),
+    ("--max-new-tokens", {"type": int, "default": 8}),
+    ("--logprobs-k", {"type": int, "default": 8, "help": "top log-probs kept per token"}),
+)
+"""generate's flags without --config; with it, the config's keys say all of this."""
 
 
-def _add_sampling_flags(parser: argparse.ArgumentParser, max_new_tokens: int) -> None:
-    """Flags of :class:`SamplingParams`."""
-    group = parser.add_argument_group("sampling")
-    group.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
-    group.add_argument("--top-k", type=int, default=0, help="0 = off")
-    group.add_argument("--top-p", type=float, default=1.0, help="1 = off")
-    group.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
-    group.add_argument("--logprobs-k", type=int, default=8, help="top log-probs kept per token")
-    group.add_argument("--seed", type=int, default=0, help="seed of the sampling generator")
+def _add_flags(
+    group: argparse._ArgumentGroup, flags: Sequence[tuple[str, dict[str, Any]]], defaults: bool
+) -> None:
+    """Add ``flags``; ``defaults=False`` leaves unset ones out of the namespace (to spot them)."""
+    for flag, options in flags:
+        options = dict(options)
+        default = options.pop("default")
+        shown = f"default: {default}" if default is not None else "default: none"
+        options["help"] = f"{options['help']}; {shown}" if "help" in options else shown
+        group.add_argument(flag, default=default if defaults else argparse.SUPPRESS, **options)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser with the three sub-commands."""
-    parser = argparse.ArgumentParser(prog="python -m jackpot.rollout", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m jackpot.rollout",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    gen = commands.add_parser("generate", help="roll out a tiny model and write a rollout file")
-    gen.add_argument("--out", type=Path, required=True, help="rollout file to write")
-    gen.add_argument("--task", choices=sorted(TASKS), default="addition")
-    gen.add_argument("--split", choices=["train", "eval"], default="eval")
-    gen.add_argument("--dataset", type=Path, help="JSONL/Parquet file instead of --task")
-    gen.add_argument("--prompt-field", default="prompt")
-    gen.add_argument("--answer-field", default="answer")
-    gen.add_argument("--n-prompts", type=int, default=8)
-    gen.add_argument("--group-size", type=int, default=4)
-    gen.add_argument("--reward", default="exact_match", help="name in jackpot.rewards")
-    gen.add_argument(
-        "--warmstart-steps", type=int, default=0, help="SFT steps on the task first (0 = random)"
+    gen = commands.add_parser(
+        "generate",
+        help="roll out a model on a task and write a rollout file",
+        description="Roll out the rollout model of --config (task, model, warm start, sampling "
+        "and rollout.prompts_per_step x rollout.group_size from the config and its dotted "
+        "overrides, as for fit) on the train split, score and write one file. Without "
+        "--config, the flags of the last group describe a tiny model and the task.",
     )
-    gen.add_argument("--cache-dir", type=Path, default=None, help="warm-start weight cache")
-    _add_model_flags(gen)
-    _add_sampling_flags(gen, max_new_tokens=8)
+    gen.add_argument("--out", type=Path, required=True, help="rollout file to write")
+    gen.add_argument("--config", help="run config (YAML), the one fit is given")
+    gen.add_argument("overrides", nargs="*", help="dotted overrides of --config's keys")
+    gen.add_argument(
+        "--split", choices=["train", "eval"], default=None, help="default: train with --config"
+    )
+    gen.add_argument(
+        "--offset",
+        type=int,
+        default=0,
+        help="first prompt of the split (wraps around); give each file its own, e.g. "
+        "step * prompts, so files for different steps do not share prompts; default: 0",
+    )
+    gen.add_argument(
+        "--seed", type=int, default=None, help="sampling seed; default: run.seed, else 0"
+    )
+    _add_flags(gen.add_argument_group("without --config"), _FLAG_ONLY, defaults=False)
 
     ins = commands.add_parser("inspect", help="summarise a rollout file")
     ins.add_argument("path", type=Path)
@@ -82,20 +117,27 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--n-seqs", type=int, default=64)
     bench.add_argument("--tokens", type=int, default=32)
     bench.add_argument("--repeats", type=int, default=5)
-    _add_model_flags(bench)
+    _add_flags(bench.add_argument_group("model"), _MODEL_FLAGS, defaults=True)
     return parser
 
 
+def _select(examples: list[Example], n: int, offset: int, what: str) -> list[Example]:
+    """``n`` consecutive problems from ``offset`` on, wrapping around the end of the split."""
+    if not 1 <= n <= len(examples):
+        raise ValueError(f"{what} must be in [1, {len(examples)}] (the split's size), got {n}")
+    if offset < 0:
+        raise ValueError(f"--offset must be >= 0, got {offset}")
+    return [examples[(offset + i) % len(examples)] for i in range(n)]
+
+
 def _examples(args: argparse.Namespace) -> list[Example]:
-    """The first ``--n-prompts`` problems of the dataset or synthetic split."""
+    """``--n-prompts`` problems of the dataset or synthetic split, from ``--offset`` on."""
     if args.dataset is not None:
         examples = load_examples(args.dataset, args.prompt_field, args.answer_field)
     else:
         splits = make_task(TaskSpec(name=args.task))
         examples = splits.train if args.split == "train" else splits.eval
-    if not 1 <= args.n_prompts <= len(examples):
-        raise ValueError(f"--n-prompts must be in [1, {len(examples)}], got {args.n_prompts}")
-    return examples[: args.n_prompts]
+    return _select(examples, args.n_prompts, args.offset, "--n-prompts")
 
 
 def _model(args: argparse.Namespace, tokenizer: CharTokenizer) -> PreTrainedModel:
@@ -117,14 +159,74 @@ def _model(args: argparse.Namespace, tokenizer: CharTokenizer) -> PreTrainedMode
     return build_model(spec)
 
 
-def cmd_generate(args: argparse.Namespace) -> None:
-    """Roll out, score with ``--reward`` and write the file."""
-    from jackpot.rollout.hf import HFRolloutEngine
+@dataclass
+class _Generation:
+    """Everything one ``generate`` call needs, from a config or from flags."""
 
+    tokenizer: Any
+    model: PreTrainedModel
+    examples: list[Example]
+    group_size: int
+    params: SamplingParams
+    reward: str
+    seed: int
+    metadata: dict[str, Any]
+
+
+def _from_config(args: argparse.Namespace) -> _Generation:
+    """The rollout model, task, sampling and group shape of the run config ``--config``."""
+    from jackpot.config import load_config
+    from jackpot.fit import _build_model, _task_examples, _tokenizer
+
+    given = sorted(
+        flag for flag, _ in _FLAG_ONLY if flag.lstrip("-").replace("-", "_") in vars(args)
+    )
+    if given:
+        raise ValueError(
+            f"{', '.join(given)} cannot be combined with --config, which sets the task, model "
+            "and sampling; override its keys instead (e.g. rollout.temperature=0.7, "
+            "rollout.prompts_per_step=32)"
+        )
+    cfg = load_config(args.config, args.overrides, check_devices=False)
+    tokenizer = _tokenizer(cfg)
+    train, evals = _task_examples(cfg)
+    split = args.split or "train"
+    r = cfg.rollout
+    examples = _select(
+        train if split == "train" else evals, r.prompts_per_step, args.offset,
+        "rollout.prompts_per_step",
+    )  # fmt: skip
+    params = SamplingParams(
+        temperature=r.temperature,
+        top_k=r.top_k,
+        top_p=r.top_p,
+        max_new_tokens=r.max_new_tokens,
+        stop_token_ids=(tokenizer.eos_token_id,),
+        logprobs_k=r.logprobs_k,
+    )
+    seed = cfg.run.seed if args.seed is None else args.seed
+    metadata = {
+        "source": task_source(cfg.task, split),
+        "config": args.config,
+        "overrides": list(args.overrides),
+        "model": asdict(cfg.rollout_model),
+        "warmstart_steps": cfg.warmstart.steps,
+        "offset": args.offset,
+        "seed": seed,
+    }
+    model = _build_model(cfg, "rollout_model", tokenizer, cfg.warmstart.steps)
+    return _Generation(
+        tokenizer, model, examples, r.group_size, params, cfg.task.reward, seed, metadata
+    )
+
+
+def _from_flags(args: argparse.Namespace) -> _Generation:
+    """A tiny model and a task described by flags (no config)."""
+    for flag, options in _FLAG_ONLY:
+        vars(args).setdefault(flag.lstrip("-").replace("-", "_"), options["default"])
+    split = args.split or "eval"
+    args.split = split
     tokenizer = CharTokenizer()
-    examples = _examples(args)
-    reward_fn = get_reward(args.reward)
-    prompt_ids = [tokenizer.encode(e.prompt) for e in examples]
     params = SamplingParams(
         temperature=args.temperature,
         top_k=args.top_k,
@@ -133,25 +235,52 @@ def cmd_generate(args: argparse.Namespace) -> None:
         stop_token_ids=(tokenizer.eos_token_id,),
         logprobs_k=args.logprobs_k,
     )
-    engine = HFRolloutEngine(_model(args, tokenizer), tokenizer.pad_token_id)
-    batch = engine.generate(
-        prompt_ids, args.group_size, params, torch.Generator().manual_seed(args.seed)
+    source = (
+        f"{args.dataset.suffix.lstrip('.')}:{args.dataset.name}:all"
+        if args.dataset
+        else f"synthetic:{args.task}:{split}"
     )
-    prompts = [e.prompt for e in examples for _ in range(args.group_size)]
-    answers = [e.answer for e in examples for _ in range(args.group_size)]
-    completions = [tokenizer.decode(r) for r in batch.response_lists()]
-    rewards = reward_fn(prompts, completions, answers)
-    batch = batch.with_texts(prompts, answers).with_rewards(rewards)
     metadata = {
-        "source": str(args.dataset) if args.dataset else f"synthetic:{args.task}:{args.split}",
-        "reward": args.reward,
-        "tokenizer": {"type": "char", "alphabet": tokenizer.alphabet},
+        "source": source,
         "model": {k: getattr(args, k) for k in ("family", "hidden_size", "num_layers")},
         "warmstart_steps": args.warmstart_steps,
-        "seed": args.seed,
+        "offset": args.offset,
+        "seed": args.seed or 0,
     }
+    examples = _examples(args)
+    model = _model(args, tokenizer)
+    return _Generation(
+        tokenizer, model, examples, args.group_size, params, args.reward, args.seed or 0, metadata
+    )
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    """Roll out, score with the reward and write the file."""
+    from jackpot.rollout.hf import HFRolloutEngine
+
+    g = _from_config(args) if args.config or args.overrides else _from_flags(args)
+    reward_fn = get_reward(g.reward)
+    prompt_ids = [g.tokenizer.encode(e.prompt) for e in g.examples]
+    engine = HFRolloutEngine(g.model, g.tokenizer.pad_token_id)
+    batch = engine.generate(
+        prompt_ids, g.group_size, g.params, torch.Generator().manual_seed(g.seed)
+    )
+    prompts = [e.prompt for e in g.examples for _ in range(g.group_size)]
+    answers = [e.answer for e in g.examples for _ in range(g.group_size)]
+    completions = [g.tokenizer.decode(r) for r in batch.response_lists()]
+    rewards = reward_fn(prompts, completions, answers)
+    batch = batch.with_texts(prompts, answers).with_rewards(rewards)
+    tokenizer_info = (
+        {"type": "char", "alphabet": g.tokenizer.alphabet}
+        if isinstance(g.tokenizer, CharTokenizer)
+        else {"type": "transformers", "name_or_path": str(g.tokenizer.name_or_path)}
+    )
+    metadata = {**g.metadata, "reward": g.reward, "tokenizer": tokenizer_info}
     path = save_rollouts(replace(batch, metadata=metadata), args.out)
-    print(f"wrote {batch.num_sequences} rollouts ({batch.num_tokens} tokens) to {path}")
+    print(
+        f"wrote {batch.num_sequences} rollouts ({batch.num_tokens} tokens, source "
+        f"{metadata['source']}) to {path}"
+    )
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
@@ -225,8 +354,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = {"generate": cmd_generate, "inspect": cmd_inspect, "bench": cmd_bench}
     try:
         command[args.command](args)
-    except (FileNotFoundError, ValueError) as err:  # includes the format errors
-        print(f"{parser.prog} {args.command}: error: {err}", file=sys.stderr)
+    except (FileNotFoundError, ValueError) as err:  # includes the format and config errors
+        message = str(err)
+        if args.command == "inspect" and str(args.path) not in message:
+            message = f"{args.path}: {message}"
+        print(f"{parser.prog} {args.command}: error: {message}", file=sys.stderr)
         return 2
     return 0
 

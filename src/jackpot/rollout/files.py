@@ -7,8 +7,9 @@ was written by :func:`~jackpot.rollout.io.save_rollouts` or by another engine in
 its ``p_inf`` is whatever produced it, so the only things the trainer can check are the ones
 the file records: the temperature ``p_inf`` was sampled at (p_ref / p_new are scored at it),
 how many top log-probs of ``p_inf`` it kept (the top-k Z of OBRS needs ``sampler.topk`` of
-them), the vocabulary size, and that rewards can be had (a ``rewards`` tensor, or the prompt
-and answer texts for the reward function). Torch only; no transformers.
+them), the vocabulary size, that rewards can be had (a ``rewards`` tensor, or the prompt
+and answer texts for the reward function), and the task and split it was generated from
+(its ``source``). Torch only; no transformers.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import glob
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -26,11 +28,13 @@ from jackpot.rollout.io import RolloutFileInfo, load_rollouts, read_rollout_info
 
 __all__ = [
     "check_rollout_file",
+    "check_rollout_task",
     "file_for_step",
     "load_step_rollouts",
     "read_infos",
     "resolve_rollout_files",
     "shard_groups",
+    "task_source",
 ]
 
 SUFFIX = ".safetensors"
@@ -114,6 +118,36 @@ def check_rollout_file(
             f"{where} has neither a rewards tensor nor prompt and answer texts, so "
             "task.reward cannot score it; write rewards or texts into the file"
         )
+
+
+def task_source(task: Any, split: str = "train") -> str:
+    """What a file generated from ``split`` of ``task`` (a ``TaskConfig``) records as ``source``.
+
+    ``synthetic:<name>:<split>`` for a synthetic task, ``<jsonl|parquet>:<file name>:<split>``
+    for a local data file.
+    """
+    if task.name in ("jsonl", "parquet"):
+        return f"{task.name}:{Path(str(task.path)).name}:{split}"
+    return f"synthetic:{task.name}:{split}"
+
+
+def check_rollout_task(info: RolloutFileInfo, task: Any, *, allow_mismatch: bool) -> None:
+    """Raise :class:`~jackpot.config.ConfigError` when the file's ``source`` is another task.
+
+    A run trains on the train split of ``task`` (a ``TaskConfig``); files of another task or
+    split are refused unless ``allow_mismatch`` (``rollout.allow_task_mismatch``). Files that
+    record no ``source`` (other engines) are not checked.
+    """
+    recorded = info.metadata.get("source")
+    expected = task_source(task)
+    if recorded is None or recorded == expected or allow_mismatch:
+        return
+    raise ConfigError(
+        f"rollout file {str(info.path)!r} was generated from source={recorded!r}, but this run "
+        f"trains on {expected!r} (task.name={task.name!r}); write the files with the run's "
+        "config (python -m jackpot.rollout generate --config <the same file and overrides>), "
+        "or set rollout.allow_task_mismatch=true to train on them anyway"
+    )
 
 
 def shard_groups(batch: RolloutBatch, rank: int, world: int) -> RolloutBatch:
