@@ -25,6 +25,8 @@ def _install(session: nox.Session) -> None:
 def tests(session: nox.Session) -> None:
     """Run the unit and smoke tests."""
     _install(session)
+    # A third-party reward, so tests/test_rewards.py checks the jackpot.rewards entry point.
+    session.install("--no-deps", "./examples/custom_reward")
     session.run("pytest", "tests", *session.posargs)
 
 

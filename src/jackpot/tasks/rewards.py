@@ -8,15 +8,26 @@ theirs by declaring an entry point in the same group.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import functools
+import importlib.util
+import json
+import logging
+import os
+import queue
 import re
+import subprocess
+import sys
+import threading
 import warnings
 from collections.abc import Callable, Sequence
 from fractions import Fraction
 from importlib.metadata import entry_points
-from typing import Any
+from pathlib import Path
 
 __all__ = [
+    "MathVerifier",
     "RewardFn",
     "available_rewards",
     "exact_match",
@@ -52,17 +63,11 @@ def math_equivalence(
 ) -> list[float]:
     """1.0 where the completion is mathematically equal to the answer (``"0.5"`` == ``"1/2"``).
 
-    Why sympy: string match scores ``"1/2"`` vs ``"0.5"`` or ``"2x+1"`` vs ``"1+2x"`` as wrong,
-    which turns correct answers into zero reward. The check runs cheapest first: normalised
-    strings (``\\boxed{}`` extracted, a small LaTeX subset rewritten, spaces, ``$`` and
-    thousands separators removed), then exact rational numbers (``fractions.Fraction``), then
-    ``sympy.simplify(a - b) == 0`` when sympy is installed. Sympy's parser evaluates Python,
-    and powers can explode, so only short strings of digits, operators, single-letter
-    variables, a few named functions and powers with small, non-nested exponents reach it;
-    anything else falls back to the normalised string match.
+    The ``math_equiv`` reward: cheap exact checks first, then Hugging Face's ``math-verify``
+    (the checker behind TRL's and open-r1's accuracy rewards) with a time limit per comparison;
+    see :class:`MathVerifier`. Needs the extra: ``pip install 'jackpot[math]'``.
     """
-    _check_lengths(prompts, completions, answers)
-    return [float(_equivalent(c, a)) for c, a in zip(completions, answers, strict=True)]
+    return _default_verifier()(prompts, completions, answers)
 
 
 _LATEX_REWRITES = (
@@ -113,69 +118,194 @@ def _as_fraction(text: str) -> Fraction | None:
         return None
 
 
-_SAFE_CHARS = re.compile(r"[0-9a-zA-Z+\-*/^().]{1,80}")
-_SAFE_NAMES = frozenset({"sqrt", "pi", "sin", "cos", "tan", "log", "ln", "exp"})
-_SAFE_POWER = re.compile(r"\^(?:-?\d{1,2}|[a-zA-Z]|\(-?\d{1,2}\))(?![\^\d])")
-"""A power whose exponent is one small integer or one letter, and not itself raised."""
+MATH_EXTRA_HINT = (
+    "task.reward=math_equiv needs the optional dependency math-verify: "
+    "pip install 'jackpot[math]' (or pip install 'math-verify>=0.8')"
+)
+
+_WORKER_MEMORY_BYTES = 4 << 30
+"""Address-space cap of the worker (POSIX): a huge power fails with MemoryError, not swap."""
 
 
-def _safe_for_sympy(text: str) -> bool:
-    """Short, only whitelisted names, and powers only with small, non-nested exponents."""
-    if not _SAFE_CHARS.fullmatch(text):
-        return False
-    names = re.findall(r"[a-zA-Z]+", text)
-    if any(len(n) > 1 and n not in _SAFE_NAMES for n in names):
-        return False
-    powers = text.replace("**", "^")
-    return powers.count("^") == len(_SAFE_POWER.findall(powers))
+class MathVerifier:
+    """Answer checker with a hard time limit per comparison, safe on untrusted model output.
+
+    Order: normalised strings equal (``\\boxed{}`` extracted, a small LaTeX subset rewritten,
+    spaces, ``$`` and thousands separators removed) -> equal; both plain rationals
+    (``fractions.Fraction``) -> compared exactly; otherwise ``math_verify.parse`` both texts
+    and ``math_verify.verify(answer, completion)``.
+
+    Why a worker process: math-verify's own time limits use ``signal.alarm``, which works only
+    in the main thread (a reward called from a data-loader or trainer thread raises), counts
+    whole seconds, and cannot interrupt a long C-level computation such as the big-integer
+    power of ``9^9^9^9``: the alarm is handled only when control returns to Python. So
+    math-verify runs with its timeouts off in one persistent child process (started on first
+    use, memory capped on POSIX) and the parent waits at most ``time_limit_s`` per comparison;
+    on overrun, or a crash such as a stack overflow on a deeply nested expression, the child
+    is killed, the pair scores 0 and the next comparison starts a fresh child. We never
+    ``eval`` the text; math-verify parses LaTeX with an ANTLR grammar and hands sympy's
+    ``parse_expr`` only strings of digits and operators.
+    """
+
+    def __init__(self, time_limit_s: float = 5.0, start_timeout_s: float = 120.0) -> None:
+        if not time_limit_s > 0:
+            raise ValueError(f"time_limit_s={time_limit_s!r} must be > 0")
+        self.time_limit_s = float(time_limit_s)
+        self.start_timeout_s = float(start_timeout_s)
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[str] | None = None
+        self._lines: queue.Queue[str | None] = queue.Queue()
+
+    def __call__(
+        self, prompts: Sequence[str], completions: Sequence[str], answers: Sequence[str]
+    ) -> list[float]:
+        """Score aligned lists; raises ``ModuleNotFoundError`` naming the extra without it."""
+        _check_lengths(prompts, completions, answers)
+        if importlib.util.find_spec("math_verify") is None:
+            raise ModuleNotFoundError(MATH_EXTRA_HINT)
+        return [float(self.equivalent(c, a)) for c, a in zip(completions, answers, strict=True)]
+
+    def equivalent(self, completion: str, answer: str) -> bool:
+        """Cheapest conclusive check first: normalised strings, rationals, then math-verify."""
+        left, right = _normalise(completion), _normalise(answer)
+        if left == right:
+            return True
+        left_value, right_value = _as_fraction(left), _as_fraction(right)
+        if left_value is not None and right_value is not None:
+            return left_value == right_value
+        return self._verify(answer, completion)
+
+    def _verify(self, answer: str, completion: str) -> bool:
+        """One math-verify comparison in the worker, which is killed after ``time_limit_s``."""
+        with self._lock:
+            proc = self._ensure_worker()
+            try:
+                assert proc.stdin is not None
+                proc.stdin.write(json.dumps([answer, completion]) + "\n")
+                proc.stdin.flush()
+                line = self._lines.get(timeout=self.time_limit_s)
+            except (OSError, queue.Empty):
+                line = None
+            if line is None:  # over the time limit, or the worker died on this input
+                self._stop()
+                return False
+            return line == "1"
+
+    def _ensure_worker(self) -> subprocess.Popen[str]:
+        """The running worker; started, and waited for until ready, if there is none."""
+        if self._proc is not None and self._proc.poll() is None:
+            return self._proc
+        self._stop()
+        env = dict(os.environ)
+        src = str(Path(__file__).resolve().parents[2])  # the directory holding ``jackpot``
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "from jackpot.tasks.rewards import _serve; _serve()"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            encoding="utf-8",
+            env=env,
+        )
+        lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=_pump, args=(proc, lines), daemon=True).start()
+        self._proc, self._lines = proc, lines
+        try:
+            ready = lines.get(timeout=self.start_timeout_s)
+        except queue.Empty:
+            ready = None
+        if ready != "ready":
+            self._stop()
+            raise RuntimeError(
+                f"the math-verify worker did not start within {self.start_timeout_s:g} s; "
+                f"check that `{sys.executable} -c 'import math_verify'` works ({MATH_EXTRA_HINT})"
+            )
+        return proc
+
+    def _stop(self) -> None:
+        """Kill the worker (if any) and reap it, so no process or pipe is left behind."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        for pipe in (proc.stdin, proc.stdout):
+            if pipe is not None:
+                with contextlib.suppress(OSError):  # a broken pipe to a killed worker
+                    pipe.close()
+
+    def close(self) -> None:
+        """Stop the worker process (a later comparison starts a new one)."""
+        with self._lock:
+            self._stop()
+
+    def __enter__(self) -> MathVerifier:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
-def _equivalent(completion: str, answer: str) -> bool:
-    """Cheapest conclusive check first: strings, rationals, then sympy."""
-    left, right = _normalise(completion), _normalise(answer)
-    if left == right:
-        return True
-    left_value, right_value = _as_fraction(left), _as_fraction(right)
-    if left_value is not None and right_value is not None:
-        return left_value == right_value
-    sympy = _sympy()
-    if sympy is None or not (_safe_for_sympy(left) and _safe_for_sympy(right)):
-        return False
-    return _sympy_equal(sympy, left, right)
+def _pump(proc: subprocess.Popen[str], lines: queue.Queue[str | None]) -> None:
+    """Forward the worker's output lines to ``lines``; ``None`` once it has exited."""
+    assert proc.stdout is not None
+    try:
+        for line in proc.stdout:
+            lines.put(line.strip())
+    except (OSError, ValueError):  # the pipe was closed under us by _stop
+        pass
+    lines.put(None)
 
 
 @functools.cache
-def _sympy() -> Any:
-    """The sympy module, or None when it is not installed (imported once, lazily)."""
+def _default_verifier() -> MathVerifier:
+    """The process-wide checker behind ``math_equiv``; its worker is stopped at exit."""
+    verifier = MathVerifier()
+    atexit.register(verifier.close)
+    return verifier
+
+
+_DELIMITERS = ("$", "\\(", "\\[", "\\boxed")
+_WORD = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{2,}")
+
+
+def _for_math_verify(text: str) -> str:
+    """A bare formula (no ``$``/``\\boxed``, no words) wrapped in ``$...$`` so math-verify
+    reads all of it (``"2x+1"`` would otherwise yield the number 2); other text as it is."""
+    if any(d in text for d in _DELIMITERS) or _WORD.search(text) or not text.strip():
+        return text
+    return f"${text.strip()}$"
+
+
+def _serve() -> None:
+    """Worker loop: ``[answer, completion]`` JSON lines in, ``1``/``0`` lines out.
+
+    math-verify's own (signal) timeouts are off: the parent enforces the limit by killing us.
+    """
+    out, sys.stdout = sys.stdout, sys.stderr  # nothing a library prints can corrupt the protocol
     try:
-        import sympy
-    except ImportError:
-        return None
-    return sympy
+        import resource
 
+        resource.setrlimit(resource.RLIMIT_AS, (_WORKER_MEMORY_BYTES, _WORKER_MEMORY_BYTES))
+    except (ImportError, ValueError, OSError):  # not POSIX, or a lower hard limit is set
+        pass
+    for name in ("math_verify", "latex2sympy2_extended"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)  # "timeout disabled" warnings
+    from math_verify import parse, verify
 
-def _sympy_equal(sympy: Any, left: str, right: str) -> bool:
-    """``simplify(left - right) == 0``, or equal within 1e-9 relative; False on parse errors."""
-    from sympy.parsing.sympy_parser import (
-        convert_xor,
-        implicit_multiplication_application,
-        parse_expr,
-        standard_transformations,
-    )
-
-    transformations = (*standard_transformations, implicit_multiplication_application, convert_xor)
-    local = {"ln": sympy.log}
-    try:
-        a = parse_expr(left, local_dict=dict(local), transformations=transformations)
-        b = parse_expr(right, local_dict=dict(local), transformations=transformations)
-        diff = sympy.simplify(a - b)
-        if diff == 0:
-            return True
-        if diff.is_number and b.is_number:
-            return bool(abs(complex(diff)) <= 1e-9 * max(1.0, abs(complex(b))))
-    except (SyntaxError, TypeError, ValueError, AttributeError, ZeroDivisionError):
-        return False
-    return False
+    out.write("ready\n")
+    out.flush()
+    for line in sys.stdin:
+        answer, completion = json.loads(line)
+        try:
+            gold = parse(_for_math_verify(answer), parsing_timeout=None)
+            pred = parse(_for_math_verify(completion), parsing_timeout=None)
+            ok = bool(gold) and bool(pred) and verify(gold, pred, timeout_seconds=None)
+        except Exception:  # MemoryError, RecursionError, parser bugs: not equivalent
+            ok = False
+        out.write("1\n" if ok else "0\n")
+        out.flush()
 
 
 @functools.cache
