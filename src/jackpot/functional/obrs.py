@@ -2,8 +2,8 @@
 
 All functions take log-probabilities (natural log, ``-inf`` for zero mass) with the
 vocabulary on the last dim and any leading batch dims, and work in log space so that
-ratios ``p_target / p_inf`` never overflow. Spec: ``shared/docs/jackpot-math.md`` (OBRS),
-after Verine et al., AISTATS 2024, and Chen et al., ICLR 2026 (eq. 3-4).
+ratios ``p_target / p_inf`` never overflow. Math: ``docs/math.md`` (sections 2-3), after
+Verine et al., AISTATS 2024, and Chen et al., ICLR 2026 (eq. 3-4).
 
 Conventions at the edges of the support:
 
