@@ -4,7 +4,7 @@ Pure torch (no Lightning, transformers or omegaconf). Conventions: per-token ten
 ``(B, T)`` over response positions, masks are float 0/1 ``(B, T)``, log-probs are natural logs,
 logits are ``(B, T, V)``. Objectives are maximised, losses minimised: ``loss = -objective``.
 
-Paper: Chen et al., "Jackpot", arXiv 2602.06107, eq. 5-8 (see docs/jackpot-math.md). Where verl
+Paper: Chen et al., "Jackpot", arXiv 2602.06107, eq. 5-8 (see docs/math.md). Where verl
 has the same quantity (``verl/trainer/ppo/core_algos.py``) the definition matches it, or the
 docstring says how it differs.
 """
