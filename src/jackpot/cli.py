@@ -1,13 +1,15 @@
-"""The ``jackpot`` console script: ``jackpot fit ...`` and ``jackpot rollout ...``."""
+"""The ``jackpot`` command (also ``python -m jackpot``): ``fit``, ``rollout`` and ``compare``."""
 
 from __future__ import annotations
 
 import sys
 
 USAGE = (
-    "usage: jackpot {fit,rollout} ...\n"
+    "usage: jackpot {fit,rollout,compare} ...\n"
     "  fit      train a run (python -m jackpot.fit)\n"
-    "  rollout  generate or inspect rollout files (python -m jackpot.rollout)"
+    "  rollout  generate or inspect rollout files (python -m jackpot.rollout)\n"
+    "  compare  run every method for several seeds (python -m jackpot.experiments.compare)\n"
+    "Each command takes --help."
 )
 
 
@@ -26,6 +28,10 @@ def main(argv: list[str] | None = None) -> int:
         from jackpot.rollout.__main__ import main as rollout_main
 
         return int(rollout_main(rest) or 0)
+    if command == "compare":
+        from jackpot.experiments.compare import main as compare_main
+
+        return int(compare_main(rest) or 0)
     print(f"jackpot: unknown command {command!r}\n{USAGE}", file=sys.stderr)
     return 2
 

@@ -3,11 +3,13 @@
 Tiny Qwen2/Llama models (hidden 64-512) make every experiment runnable on a CPU; real
 checkpoints are loaded from a local directory only (``local_files_only=True``: no network).
 A rollout model and a policy must share one vocabulary, or ``p_inf`` and ``p_target`` are
-distributions over different sets and every ratio between them is meaningless.
+distributions over different sets and every ratio between them is meaningless; and every id
+the tokenizer can produce (pad and EOS included) must index the model's output layer.
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -28,8 +30,10 @@ __all__ = [
     "VocabMismatchError",
     "build_model",
     "check_same_vocab",
+    "check_tokenizer_fits",
     "from_pretrained",
     "load_tokenizer",
+    "set_pad_token",
 ]
 
 Family = Literal["qwen2", "llama"]
@@ -119,8 +123,51 @@ def from_pretrained(path: str | Path, dtype: torch.dtype | None = None) -> PreTr
 
 
 def load_tokenizer(path: str | Path) -> Any:
-    """Load the tokenizer stored next to a local checkpoint (``local_files_only=True``)."""
-    return AutoTokenizer.from_pretrained(_local_dir(path), local_files_only=True)
+    """Load the tokenizer stored next to a local checkpoint (``local_files_only=True``).
+
+    A tokenizer without a pad token gets its EOS token as pad (:func:`set_pad_token`).
+    """
+    return set_pad_token(AutoTokenizer.from_pretrained(_local_dir(path), local_files_only=True))
+
+
+def set_pad_token(tokenizer: Any) -> Any:
+    """Use EOS as the pad token when none is set (saying so on stderr); return ``tokenizer``.
+
+    Rollouts left-pad prompts and right-pad responses with the pad id, always under a zero
+    mask, so any in-vocabulary id serves; without one, padding has no id at all.
+    """
+    if tokenizer.pad_token_id is not None:
+        return tokenizer
+    if tokenizer.eos_token_id is None:
+        raise VocabMismatchError(
+            f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has neither a pad nor an "
+            "EOS token; set one (tokenizer.pad_token / eos_token) and save it with the model"
+        )
+    tokenizer.pad_token = tokenizer.eos_token
+    print(
+        f"tokenizer has no pad token; padding with its EOS token {tokenizer.eos_token!r} "
+        f"(id {tokenizer.eos_token_id})",
+        file=sys.stderr,
+    )
+    return tokenizer
+
+
+def check_tokenizer_fits(tokenizer: Any, model: Any, key: str) -> None:
+    """Raise :class:`VocabMismatchError` unless every id ``tokenizer`` can produce, the pad and
+    EOS ids included, indexes the output layer of ``model`` (``key``: the config section)."""
+    size = int(model.get_output_embeddings().weight.shape[0])
+    ids = {"pad": tokenizer.pad_token_id, "eos": tokenizer.eos_token_id}
+    for name, token_id in ids.items():
+        if token_id is None or not 0 <= token_id < size:
+            raise VocabMismatchError(
+                f"the tokenizer's {name} id is {token_id!r}, outside the {size} output logits "
+                f"of {key} (allowed: 0 to {size - 1}); fix the tokenizer next to {key}.path"
+            )
+    if len(tokenizer) > size:
+        raise VocabMismatchError(
+            f"the tokenizer has {len(tokenizer)} tokens but {key} only {size} output logits; "
+            "ids past the end would crash the embedding lookup"
+        )
 
 
 class VocabMismatchError(ValueError):
