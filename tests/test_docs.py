@@ -67,3 +67,25 @@ def test_every_test_named_in_the_math_document_exists() -> None:
     assert not missing, f"docs/math.md names tests that do not exist: {missing}"
     facts = sorted(p.stem for p in (ROOT / "verification").glob("test_fact*.py"))
     assert facts and all(f"{f}.py" in text for f in facts), "a fact module is not documented"
+
+
+def test_readme_eval_split_of_a_local_file(tmp_path: Path) -> None:
+    """README, "Data": the eval split is the last ``min(num_eval, max(N // 5, 1))`` records in
+    file order, the rest is the training set; numeric answers become strings."""
+    from types import SimpleNamespace
+
+    from jackpot.fit import _task_examples
+
+    lines = [f'{{"problem": "q{i}", "answer": {i}}}' for i in range(30)]
+    (tmp_path / "d.jsonl").write_text("\n".join(lines) + "\n")
+    for num_eval, n_eval in ((64, 6), (4, 4), (6, 6)):
+        task = SimpleNamespace(
+            name="jsonl",
+            path=tmp_path / "d.jsonl",
+            prompt_field="problem",
+            answer_field="answer",
+            num_eval=num_eval,
+        )
+        train, evals = _task_examples(SimpleNamespace(task=task))
+        assert [e.prompt for e in evals] == [f"q{i}" for i in range(30 - n_eval, 30)]
+        assert [e.answer for e in train] == [str(i) for i in range(30 - n_eval)]
