@@ -65,3 +65,13 @@ def bench(session: nox.Session) -> None:
     """Measure sampler overhead and memory as ratios against a baseline in the same run."""
     _install(session)
     session.run("python", "-m", "benchmarks.run", *session.posargs)
+
+
+@nox.session(default=False)
+def gpu_check(session: nox.Session) -> None:
+    """The GPU device check into runs/gpu_check (``-- --dry-run`` rehearses it on CPU)."""
+    _install(session)
+    args = list(session.posargs)
+    if "--out" not in args:
+        args = ["--out", "runs/gpu_check", *args]
+    session.run("python", "-m", "benchmarks.gpu_check", *args)
