@@ -124,6 +124,26 @@ def test_adversarial_completions_are_cut_off_by_the_time_limit(verifier: MathVer
     assert len(workers) > 1  # at least one comparison ran over and its worker was killed
 
 
+@pytest.mark.parametrize(
+    "completion",
+    [
+        "1,000," * 5000,  # thousands separators: was one regex pass per comma
+        "\\sqrt{" * 5000 + "2" + "}" * 5000,  # nested rewrites: one pass per level
+        "1e100000000",  # Fraction() would compute 10**100000000
+    ],
+)
+def test_untimed_cheap_path_is_fast_on_adversarial_text(
+    completion: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The string and rational checks run in-process without a time limit, so they must stay
+    cheap on any text; what they cannot decide goes to the timed worker (stubbed here)."""
+    v = MathVerifier()
+    monkeypatch.setattr(v, "_verify", lambda answer, completion: False)
+    start = time.perf_counter()
+    assert not v.equivalent(completion, "1")
+    assert time.perf_counter() - start < 1.0
+
+
 @needs_math_verify
 def test_model_output_cannot_run_code(verifier: MathVerifier, tmp_path: Path) -> None:
     target = tmp_path / "pwned"
