@@ -132,24 +132,23 @@ def train_sft(
     )
     model.train()
     losses: list[float] = []
-    bar = tqdm(
+    with tqdm(
         total=config.steps, desc=desc, file=sys.stderr, disable=desc is None, mininterval=0.5
-    )
-    for _ in range(config.steps):
-        picks = torch.randint(len(examples), (config.batch_size,), generator=generator).tolist()
-        ids, mask, labels = sft_batch([examples[i] for i in picks], tokenizer)
-        logits = model(input_ids=ids, attention_mask=mask).logits  # (B, L, V)
-        loss = torch.nn.functional.cross_entropy(
-            logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100
-        )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
-        bar.update(1)
-    bar.close()
+    ) as bar:
+        for _ in range(config.steps):
+            picks = torch.randint(len(examples), (config.batch_size,), generator=generator).tolist()
+            ids, mask, labels = sft_batch([examples[i] for i in picks], tokenizer)
+            logits = model(input_ids=ids, attention_mask=mask).logits  # (B, L, V)
+            loss = torch.nn.functional.cross_entropy(
+                logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100
+            )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+            bar.update(1)
     model.eval()
     return losses
 

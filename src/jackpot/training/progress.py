@@ -61,3 +61,9 @@ class RLProgressBar(ProgressBar):
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+    def on_exception(
+        self, trainer: Trainer, pl_module: LightningModule, exception: BaseException
+    ) -> None:
+        """Close the bar when training stops on an error (no half-drawn bar printed later)."""
+        self.on_train_end(trainer, pl_module)
