@@ -109,6 +109,13 @@ BUDGET = 0.95
 DECOUPLED_OBRS = ("sampler.name=obrs", "sampler.topk=20", f"sampler.budget={BUDGET}")
 """The sampler of every decoupled run: top-k OBRS (k = 20) at the paper's budget."""
 
+MODES: dict[str, tuple[str, ...]] = {
+    "on_policy": ("algo.mode=on_policy", "sampler.name=none"),
+    "decoupled": ("algo.mode=decoupled", "algo.train_rollout=true", *DECOUPLED_OBRS),
+}
+"""Overrides of the two modes of parts 4 and 5: the policy rolls out and nothing is corrected,
+or the rollout model rolls out, OBRS corrects and both models train."""
+
 INSTALL_ESTIMATE_S = 45.0
 """Installing jackpot and its missing wheels on a GPU machine (``gpu_check.sh``)."""
 
@@ -148,7 +155,8 @@ class Context:
     def worker(self, func: str, kwargs: dict[str, Any], limit: float) -> Any:
         """``benchmarks.gpu_parts.<func>(**kwargs)`` in a fresh interpreter, within ``limit``."""
         timeout = max(min(limit, self.deadline - time.monotonic()), 1.0)
-        return run_worker("gpu_parts", func, kwargs, timeout=timeout)
+        env = DRY_ENV if self.dry else None
+        return run_worker("gpu_parts", func, kwargs, env=env, timeout=timeout)
 
 
 @dataclass(frozen=True)
@@ -165,6 +173,10 @@ class Part:
     run: Callable[[Context, float, Callable[[dict[str, Any]], None]], dict[str, Any]]
     """``(context, limit, save_partial) -> result``; raises on a crash or timeout."""
 
+
+DRY_ENV = {"BENCH_THREADS": "1", "OMP_NUM_THREADS": "1"}
+"""One torch thread per dry-run worker: tiny tensors gain nothing from more, and on a busy
+2-core machine OpenMP threads waiting on each other made the steps 5x slower."""
 
 DRY_LIMIT_S = 240.0
 """Per-part time limit of the dry run (a loaded 2-core CPU imports torch slowly)."""
@@ -186,9 +198,7 @@ def _correctness(ctx: Context, limit: float, save: Callable[[dict[str, Any]], No
 def _fit(ctx: Context, limit: float, save: Callable[[dict[str, Any]], None]) -> Any:
     overrides = [
         *ctx.run_overrides(),
-        "algo.mode=decoupled",
-        "algo.train_rollout=true",
-        *DECOUPLED_OBRS,
+        *MODES["decoupled"],
         "policy.gradient_checkpointing=true",
         "rollout_model.gradient_checkpointing=true",
         *e2e.COMMON,
@@ -213,12 +223,11 @@ def _speed(
     overrides = [*ctx.run_overrides(), *engine]
     runs: dict[str, list[dict[str, Any]]] = {}
     out: dict[str, Any] = {"overrides": overrides, "steps": ctx.sizes["speed_steps"]}
-    for mode in ("on_policy", "decoupled"):
+    for mode, mode_overrides in MODES.items():
         kwargs = {
-            "mode": mode,
             "work": str(ctx.work),
             "assets": ctx.sizes["assets"],
-            "overrides": overrides,
+            "overrides": [*overrides, *mode_overrides],
             "steps": ctx.sizes["speed_steps"],
             "device": ctx.sizes["device"],
         }
@@ -258,7 +267,8 @@ def vllm_skip_reason() -> str | None:
 
 
 def _vllm_speed(ctx: Context, limit: float, save: Callable[[dict[str, Any]], None]) -> Any:
-    return _speed(ctx, limit, save, ["rollout.engine=vllm"])
+    dtype = "bfloat16" if ctx.sizes["precision"].startswith("bf16") else "float32"
+    return _speed(ctx, limit, save, ["rollout.engine=vllm", f"rollout.vllm.dtype={dtype}"])
 
 
 PARTS: tuple[Part, ...] = (

@@ -24,7 +24,6 @@ from torch import Tensor
 
 from benchmarks import e2e
 from benchmarks.assets import fit_overrides
-from benchmarks.gpu_check import DECOUPLED_OBRS
 
 FIDELITY_SETTINGS: tuple[tuple[float, int, float], ...] = ((1.0, 0, 1.0), (0.7, 50, 0.9))
 """(temperature, top_k, top_p) of the fidelity rollouts: plain sampling, then truncated."""
@@ -459,8 +458,8 @@ def fit_check(
 # ----------------------------------------------------------------------------- parts 4 and 5
 
 
-def measure(mode: str, overrides: list[str], steps: int, run_dir: str) -> dict[str, Any]:
-    """``steps`` RL steps of ``mode`` (``benchmarks.e2e.MODES``): per-step metrics, sampler time."""
+def measure(overrides: list[str], steps: int, run_dir: str) -> dict[str, Any]:
+    """``steps`` RL steps on ``configs/default.yaml``: per-step metrics and sampler seconds."""
     from jackpot.config import load_config
     from jackpot.fit import run
     from jackpot.training.csv_logger import read_metrics
@@ -469,7 +468,7 @@ def measure(mode: str, overrides: list[str], steps: int, run_dir: str) -> dict[s
     e2e._time_sampler_calls(sampler_s)
     shutil.rmtree(run_dir, ignore_errors=True)
     extra = [f"run.dir={run_dir}", f"trainer.max_steps={steps}"]
-    cfg = load_config(e2e.CONFIG, [*e2e.COMMON, *overrides, *e2e.MODES[mode], *extra])
+    cfg = load_config(e2e.CONFIG, [*e2e.COMMON, *overrides, *extra])
     start = time.perf_counter()
     result = run(cfg)
     wall = time.perf_counter() - start
@@ -479,17 +478,12 @@ def measure(mode: str, overrides: list[str], steps: int, run_dir: str) -> dict[s
 
 
 def speed_mode(
-    mode: str, work: str, assets: dict[str, Any], overrides: list[str], steps: int, device: str
+    work: str, assets: dict[str, Any], overrides: list[str], steps: int, device: str
 ) -> dict[str, Any]:
     """Parts 4 and 5: one mode's RL steps on the local models, with this process's peak memory."""
     built = _assets(work, assets)
-    extra = list(DECOUPLED_OBRS) if mode == "decoupled" else []
-    res = measure(
-        mode,
-        [*fit_overrides(built), *overrides, *extra],
-        steps,
-        str(Path(work) / f"speed-{mode}"),
-    )
+    run_dir = Path(work) / "speed"
+    res = measure([*fit_overrides(built), *overrides], steps, str(run_dir))
     res["peak_mem_gib"] = _peak_mem_gib(_device(device))
     res["params"] = {"policy": model_params(built.policy), "rollout": model_params(built.rollout)}
     sync = [s for s in res["per_step"]["perf/weight_sync_s"] if math.isfinite(s)]
