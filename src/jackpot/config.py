@@ -130,6 +130,10 @@ class RolloutConfig:
     sampler without full p_inf logits (``obrs`` with ``sampler.topk`` <= the files' k) and
     ``temperature`` equal to the files'; the other ``rollout.*`` keys then only shape
     evaluation. None = generate with the rollout model."""
+    allow_task_mismatch: bool = False
+    """Train on rollout files whose recorded ``source`` is not this run's task and train split
+    (e.g. ``synthetic:addition:train`` for a ``sort`` run); refused by default, since the
+    rewards then score other prompts than the ones the run evaluates."""
 
 
 @dataclass
@@ -356,11 +360,14 @@ def _fmt_range(low: float, high: float, low_open: bool, high_open: bool) -> str:
     return f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
 
 
-def validate(cfg: JackpotConfig, check_devices: bool = True) -> JackpotConfig:
+def validate(
+    cfg: JackpotConfig, check_devices: bool = True, check_paths: bool = True
+) -> JackpotConfig:
     """Check every field of ``cfg``; raise :class:`ConfigError` naming the first bad key.
 
-    ``check_devices=False`` skips the comparison with this machine's devices (to validate a
-    GPU cluster's config on a laptop).
+    ``check_devices=False`` skips the comparison with this machine's devices and
+    ``check_paths=False`` the model, data and rollout-file paths (to validate or print a GPU
+    cluster's config on a laptop); a run checks both when it starts.
     """
     for key, choices in _CHOICES.items():
         value = _get(cfg, key)
@@ -377,6 +384,8 @@ def validate(cfg: JackpotConfig, check_devices: bool = True) -> JackpotConfig:
             rng = _fmt_range(low, high, low_open, high_open)
             raise ConfigError(f"{key}={value!r} is out of range; allowed {key} in {rng}")
     _validate_relations(cfg)
+    if check_paths:
+        check_paths_exist(cfg)
     if check_devices:
         _validate_devices(cfg.trainer)
     return cfg
@@ -401,18 +410,14 @@ def _validate_relations(cfg: JackpotConfig) -> None:
         )
     for key in ("policy", "rollout_model"):
         model: ModelConfig = getattr(cfg, key)
-        if model.path is not None and not Path(model.path).is_dir():
-            raise ConfigError(f"{key}.path={model.path!r} does not exist (a local directory)")
         if model.path is None and model.hidden_size % model.num_heads:
             raise ConfigError(
                 f"{key}.num_heads={model.num_heads} must divide "
                 f"{key}.hidden_size={model.hidden_size}"
             )
     if cfg.task.name in ("jsonl", "parquet"):
-        if cfg.task.path is None or not Path(cfg.task.path).is_file():
-            raise ConfigError(
-                f"task.path={cfg.task.path!r} must be an existing {cfg.task.name} file"
-            )
+        if cfg.task.path is None:
+            raise ConfigError(f"task.path=None; task.name={cfg.task.name!r} needs a local file")
     elif cfg.task.name not in ("addition", "sort", "count"):
         raise ConfigError(
             f"task.name={cfg.task.name!r} is not allowed; choose one of "
@@ -432,12 +437,22 @@ def _validate_relations(cfg: JackpotConfig) -> None:
     _validate_rollout_files(cfg)
 
 
+def check_paths_exist(cfg: JackpotConfig) -> None:
+    """Local model directories, the data file and the rollout files' headers exist and fit."""
+    for key in ("policy", "rollout_model"):
+        path = getattr(cfg, key).path
+        if path is not None and not Path(path).is_dir():
+            raise ConfigError(f"{key}.path={path!r} does not exist (a local directory)")
+    if cfg.task.name in ("jsonl", "parquet") and not Path(str(cfg.task.path)).is_file():
+        raise ConfigError(f"task.path={cfg.task.path!r} must be an existing {cfg.task.name} file")
+    _check_rollout_file_headers(cfg)
+
+
 def _validate_rollout_files(cfg: JackpotConfig) -> None:
-    """Offline training: the mode, the sampler, and every file's header (not its tensors)."""
+    """Offline training: the mode and the sampler (the files themselves: at run start)."""
     spec = cfg.rollout.files
     if spec is None:
         return
-    from jackpot.rollout.files import check_rollout_file, read_infos, resolve_rollout_files
     from jackpot.samplers import get_sampler
 
     if not spec.strip():
@@ -453,10 +468,6 @@ def _validate_rollout_files(cfg: JackpotConfig) -> None:
             "algo.train_rollout=false: rollouts are read from the files, so a trained rollout "
             "model would never roll out (and the model that wrote them is not loaded)"
         )
-    try:
-        files = resolve_rollout_files(spec)
-    except FileNotFoundError as exc:
-        raise ConfigError(f"rollout.files={spec!r}: {exc}") from None
     sampler = get_sampler(cfg.sampler.name, **cfg.sampler.kwargs())
     needs = sampler.needs()
     if "logits" in needs:
@@ -471,9 +482,30 @@ def _validate_rollout_files(cfg: JackpotConfig) -> None:
             f"sampler.name={cfg.sampler.name!r}{topk} needs the full p_inf logits, but a "
             f"rollout file (rollout.files={spec!r}) records only the top-k of p_inf; {fix}"
         )
-    sampler_topk = sampler.topk_k() if "topk" in needs else None
+
+
+def _check_rollout_file_headers(cfg: JackpotConfig) -> None:
+    """Every rollout file's header (not its tensors) fits the run: temperature, k, task."""
+    spec = cfg.rollout.files
+    if spec is None:
+        return
+    from jackpot.rollout.files import (
+        check_rollout_file,
+        check_rollout_task,
+        read_infos,
+        resolve_rollout_files,
+    )
+    from jackpot.samplers import get_sampler
+
+    try:
+        files = resolve_rollout_files(spec)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"rollout.files={spec!r}: {exc}") from None
+    sampler = get_sampler(cfg.sampler.name, **cfg.sampler.kwargs())
+    sampler_topk = sampler.topk_k() if "topk" in sampler.needs() else None
     for info in read_infos(files):
         check_rollout_file(info, temperature=cfg.rollout.temperature, sampler_topk=sampler_topk)
+        check_rollout_task(info, cfg.task, allow_mismatch=cfg.rollout.allow_task_mismatch)
 
 
 def _validate_sampler(cfg: JackpotConfig) -> None:
@@ -540,32 +572,87 @@ def load_config(
     path: str | Path | None = None,
     overrides: list[str] | None = None,
     check_devices: bool = True,
+    check_paths: bool = True,
 ) -> JackpotConfig:
     """Merge ``path`` (YAML) and dotted ``overrides`` onto the schema, then validate.
 
-    Unknown keys, wrong types, a missing file or invalid YAML raise :class:`ConfigError`.
+    Unknown keys (with a "did you mean"), wrong types, a missing file or invalid YAML raise
+    :class:`ConfigError`. Sampler overrides follow :func:`_apply_sampler_overrides`.
+    ``check_devices`` / ``check_paths``: see :func:`validate`.
     """
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     schema = OmegaConf.structured(JackpotConfig)
     try:
-        layers = [schema]
-        if path is not None:
-            layers.extend(OmegaConf.create(d) for d in _config_layers(Path(path), seen=()))
-        if overrides:
-            for item in overrides:
-                if "=" not in item:
-                    raise ConfigError(f"override {item!r} must look like key=value")
-                if "${" in item:
-                    raise ConfigError(f"override {item!r} uses interpolation; not allowed")
-            layers.append(OmegaConf.from_dotlist(overrides))
-        merged = OmegaConf.merge(*layers)
-        cfg = OmegaConf.to_object(merged)
+        from_file = OmegaConf.merge(
+            schema,
+            *(OmegaConf.create(d) for d in (_config_layers(Path(path), ()) if path else [])),
+        )
+        for item in overrides or []:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r} must look like key=value")
+            if "${" in item:
+                raise ConfigError(f"override {item!r} uses interpolation; not allowed")
+        command_line = OmegaConf.from_dotlist(list(overrides or []))
+        OmegaConf.merge(schema, command_line)  # unknown keys and bad types, named as given
+        given = command_line.get("sampler")
+        if given is not None:
+            _apply_sampler_overrides(from_file.sampler, OmegaConf.to_container(given))
+        cfg = OmegaConf.to_object(OmegaConf.merge(from_file, command_line))
     except OmegaConfBaseException as exc:
         raise ConfigError(_omegaconf_message(exc)) from None
     assert isinstance(cfg, JackpotConfig)
-    return validate(cfg, check_devices)
+    return validate(cfg, check_devices, check_paths)
+
+
+def _apply_sampler_overrides(from_file: Any, given: Any) -> None:
+    """Make the file's ``sampler`` section fit the command line's ``sampler.*`` keys (in place).
+
+    A command-line ``lam`` replaces the file's ``budget`` and vice versa. A command-line
+    ``name`` naming another sampler drops the file's parameters that sampler does not take
+    (its constructor's keywords; one line on stderr says which), while a command-line
+    parameter it does not take is an error.
+    """
+    import sys
+
+    from jackpot.samplers.registry import sampler_parameters
+
+    for key, other in (("lam", "budget"), ("budget", "lam")):
+        if key in given and other not in given:
+            from_file[other] = None
+    name = given.get("name")
+    if name is None or name == from_file.name:
+        return
+    try:
+        accepted = set(sampler_parameters(name))
+    except ValueError as exc:
+        raise ConfigError(f"sampler.name={name!r}: {exc}") from None
+    wrong = [  # a null value unsets a key, which fits any sampler
+        f"sampler.{k}"
+        for k, v in given.items()
+        if k not in ("name", "params", *accepted) and v is not None
+    ]
+    wrong += [f"sampler.params.{k}" for k in given.get("params", {}) if k not in accepted]
+    if wrong:
+        raise ConfigError(
+            f"{', '.join(wrong)} given on the command line but sampler.name={name!r} does not "
+            f"take it; {name!r} takes: {', '.join(sorted(accepted)) or 'no parameters'}"
+        )
+    dropped = []
+    for key in [f.name for f in fields(SamplerConfig) if f.name not in ("name", "params")]:
+        if from_file[key] is not None and key not in accepted and key not in given:
+            from_file[key] = None
+            dropped.append(f"sampler.{key}")
+    for key in [k for k in from_file.params if k not in accepted]:
+        del from_file.params[key]
+        dropped.append(f"sampler.params.{key}")
+    if dropped:
+        print(
+            f"sampler.name={name} (command line): ignoring the config file's "
+            f"{', '.join(dropped)} ({name!r} does not take them)",
+            file=sys.stderr,
+        )
 
 
 def _config_layers(path: Path, seen: tuple[Path, ...]) -> list[dict[str, Any]]:
@@ -608,8 +695,37 @@ def _omegaconf_message(exc: Exception) -> str:
     key = getattr(exc, "full_key", None)
     msg = str(exc).splitlines()[0]
     if "not in struct" in msg or ("Key '" in msg and "not in" in msg):
-        return f"unknown config key {key!r}" if key else msg
+        return f"unknown config key {key!r}{_did_you_mean(key)}" if key else msg
     return f"{key}: {msg}" if key else msg
+
+
+def _schema_keys(schema: Any = JackpotConfig, prefix: str = "") -> list[str]:
+    """Every dotted key of the schema, sections included (``sampler``, ``sampler.budget``)."""
+    keys = []
+    for f in fields(schema):
+        keys.append(prefix + f.name)
+        default = getattr(schema(), f.name)
+        if is_dataclass(default):
+            keys.extend(_schema_keys(type(default), f"{prefix}{f.name}."))
+    return keys
+
+
+def _did_you_mean(key: str) -> str:
+    """``"; did you mean 'sampler.budget'?"`` for a near miss of a schema key, else ``""``."""
+    import difflib
+
+    known = _schema_keys()
+    by_leaf: dict[str, list[str]] = {}
+    for k in known:
+        by_leaf.setdefault(k.rsplit(".", 1)[-1], []).append(k)
+    close = difflib.get_close_matches(key, known, n=3, cutoff=0.8) or [
+        k
+        for leaf in difflib.get_close_matches(key.rsplit(".", 1)[-1], list(by_leaf), n=2)
+        for k in by_leaf[leaf]
+    ]
+    if not close:
+        return ""
+    return f"; did you mean {' or '.join(repr(k) for k in close[:3])}?"
 
 
 def to_yaml(cfg: JackpotConfig) -> str:
