@@ -1,4 +1,4 @@
-"""``python -m jackpot.fit --config configs/<name>.yaml [key=value ...]``: train a run.
+"""Train a run: ``python -m jackpot.fit --config configs/<name>.yaml [key=value ...]``.
 
 Loads and validates the config (exit code 2 with a one-line message, writing nothing, on a
 bad one), builds the models, task, reward and sampler, runs the Lightning Trainer, and
@@ -8,6 +8,7 @@ writes ``metrics.csv``, ``plot.png``, ``config.yaml`` and checkpoints under ``ru
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,12 +44,14 @@ def _task_examples(cfg: Any) -> tuple[list[Any], list[Any]]:
 
 def _build_model(cfg: Any, key: str, tokenizer: Any, sft_steps: int) -> Any:
     """A local checkpoint, or a tiny model warm-started on the synthetic task (cached)."""
-    from jackpot.models import ModelSpec, build_model, from_pretrained
+    from jackpot.models import ModelSpec, build_model, check_tokenizer_fits, from_pretrained
     from jackpot.warmstart import SFTConfig, warm_start
 
     m = getattr(cfg, key)
     if m.path is not None:
-        return from_pretrained(m.path)
+        model = from_pretrained(m.path)
+        check_tokenizer_fits(tokenizer, model, key)
+        return model
     spec = ModelSpec(
         vocab_size=tokenizer.vocab_size,
         family=m.family,
@@ -140,11 +143,16 @@ def run(cfg: Any) -> RunResult:
     from jackpot.training.plot import plot_run
     from jackpot.training.progress import RLProgressBar
 
+    _quiet_lightning()
     run_dir = Path(cfg.run.dir)
     ckpt_dir = run_dir / "checkpoints"
     ckpt = latest_valid_checkpoint(ckpt_dir) if cfg.run.resume else None
     if cfg.run.resume and ckpt is None and any(ckpt_dir.glob("*.ckpt")):
         raise ConfigError(f"run.resume=true but no checkpoint in {str(ckpt_dir)!r} loads")
+    if cfg.run.resume and ckpt is None:
+        print(
+            f"run.resume=true: no checkpoint in {str(ckpt_dir)!r}; starting fresh", file=sys.stderr
+        )
     if not cfg.run.resume and any(ckpt_dir.glob("step-*.ckpt")):
         raise ConfigError(
             f"run.dir={cfg.run.dir!r} holds checkpoints of an earlier run; pass --resume "
@@ -185,7 +193,12 @@ def run(cfg: Any) -> RunResult:
     metrics_csv = run_dir / "metrics.csv"
     plot = None
     if cfg.run.plot and trainer.is_global_zero:
-        plot = plot_run(metrics_csv, run_dir / "plot.png", title=f"jackpot: {cfg.sampler.name}")
+        plot = plot_run(
+            metrics_csv,
+            run_dir / "plot.png",
+            title=f"jackpot: {cfg.sampler.name}",
+            budget=cfg.sampler.budget,
+        )
     rows = read_metrics(metrics_csv)
     return RunResult(
         run_dir=run_dir,
@@ -196,11 +209,70 @@ def run(cfg: Any) -> RunResult:
     )
 
 
+_DESCRIPTION = """\
+Train a run: load a YAML config, apply dotted key=value overrides, build the models, task,
+reward and sampler, and write metrics.csv, plot.png, config.yaml and checkpoints to run.dir.
+Bad configs exit with code 2 and a one-line message naming the key.
+
+examples:
+  %(prog)s --config configs/default.yaml
+  %(prog)s --config configs/default.yaml sampler.budget=0.8 run.dir=runs/b08
+  %(prog)s --config configs/default.yaml sampler.lam=1.5
+  %(prog)s --config configs/default.yaml sampler.name=tis
+  %(prog)s --config configs/default.yaml --print-config
+
+A command-line sampler.lam replaces the file's sampler.budget (and vice versa); a
+command-line sampler.name drops the file's parameters that sampler does not take.
+"""
+
+
+class _DropMessages(logging.Filter):
+    """Drops log records whose message starts with one of ``prefixes``."""
+
+    def __init__(self, *prefixes: str) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefixes)
+
+
+_LIGHTNING_NOISE = {
+    "lightning.pytorch.utilities.rank_zero": _DropMessages("💡 Tip:"),
+    "lightning.pytorch.trainer.connectors.checkpoint_connector": _DropMessages(
+        "`weights_only` was not set"
+    ),
+}
+"""Lightning's product tips, and its note on every checkpoint that ``weights_only`` defaults
+to False (jackpot writes full checkpoints on purpose)."""
+
+
+def _quiet_lightning() -> None:
+    """Silence startup noise that says nothing about the run (idempotent)."""
+    import warnings
+
+    for name, drop in _LIGHTNING_NOISE.items():
+        if drop not in logging.getLogger(name).filters:
+            logging.getLogger(name).addFilter(drop)
+    # Lightning 2.6's pytree helper uses an API torch 2.13 deprecates; not the user's to fix.
+    warnings.filterwarnings(
+        "ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning
+    )
+
+
 def parser(prog: str = "python -m jackpot.fit") -> argparse.ArgumentParser:
     """Arguments of the fit command."""
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--config", help="YAML config (defaults: the schema's values)")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config, exit")
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config and exit (model/data paths and devices unchecked)",
+    )
     p.add_argument("--resume", action="store_true", help="continue from run.dir's last checkpoint")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. sampler.lam=1.5")
     return p
@@ -213,7 +285,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m jackpot.fit") -> 
     args = parser(prog).parse_args(argv)
     overrides = list(args.overrides) + (["run.resume=true"] if args.resume else [])
     try:
-        cfg = load_config(args.config, overrides)
+        checks = not args.print_config  # printing a cluster's config works on a laptop
+        cfg = load_config(args.config, overrides, check_devices=checks, check_paths=checks)
         if args.print_config:
             print(to_yaml(cfg), end="")
             return 0
