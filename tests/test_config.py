@@ -72,7 +72,7 @@ BAD = [
     (["sampler.name=obrs", "sampler.lam=1", "sampler.c2=-1"], "sampler.c2=-1.0 is out of range"),
     (["sampler.name=obrs", "sampler.lam=1", "sampler.p_target=old"], "sampler.p_target='old'"),
     (["sampler.name=nope"], "unknown sampler 'nope'; installed samplers: .*obrs"),
-    (["sampler.name=tis", "sampler.lam=1"], r"unknown parameter\(s\) \['lam'\]"),
+    (["sampler.name=tis", "sampler.lam=1"], "sampler.lam given on the command line but"),
     (
         ["sampler.name=icepop", "sampler.alpha=0.9", "sampler.beta=0.5"],
         "sampler.alpha=0.9 must be < sampler.beta=0.5",
@@ -137,3 +137,89 @@ def test_bad_files(tmp_path: Path) -> None:
     pyobj.write_text("run: !!python/object/apply:os.system ['true']\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(pyobj)
+
+
+# ----------------------------------------------------------------------------- sampler switching
+
+DEFAULT = ROOT / "configs" / "default.yaml"
+
+
+def test_command_line_sampler_name_drops_the_files_parameters_it_does_not_take(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    cfg = load_config(DEFAULT, ["sampler.name=tis"])
+    assert cfg.sampler.name == "tis"
+    assert cfg.sampler.kwargs() == {}  # budget, c1 and p_target of the obrs file are gone
+    said = capsys.readouterr().err.strip().splitlines()
+    assert len(said) == 1
+    assert all(k in said[0] for k in ("sampler.budget", "sampler.c1", "sampler.p_target"))
+    kept = load_config(DEFAULT, ["sampler.name=tis", "sampler.cap=3"])
+    assert kept.sampler.kwargs() == {"cap": 3.0}
+
+
+def test_what_a_sampler_takes_is_read_from_its_constructor(tmp_path: Path) -> None:
+    # icepop's alpha and beta come from IcePop.__init__; a file's alpha survives a switch to
+    # geo_mask (which takes it too) and is dropped on a switch to tis (which does not).
+    path = tmp_path / "icepop.yaml"
+    path.write_text("sampler:\n  name: icepop\n  alpha: 0.4\n  beta: 3.0\n")
+    assert load_config(path, ["sampler.name=geo_mask"]).sampler.kwargs() == {
+        "alpha": 0.4,
+        "beta": 3.0,
+    }
+    assert load_config(path, ["sampler.name=tis"]).sampler.kwargs() == {}
+
+
+def test_command_line_parameter_the_sampler_does_not_take_is_an_error() -> None:
+    with pytest.raises(ConfigError, match=r"sampler.budget given on the command line .* cap"):
+        load_config(DEFAULT, ["sampler.name=tis", "sampler.budget=0.8"])
+    with pytest.raises(ConfigError, match="sampler.params.gamma given on the command line"):
+        load_config(DEFAULT, ["sampler.name=tis", "sampler.params.gamma=1"])
+    # Unsetting a key (null) fits any sampler.
+    cfg = load_config(DEFAULT, ["sampler.name=tis", "sampler.budget=null"])
+    assert cfg.sampler.budget is None
+
+
+def test_command_line_lam_replaces_the_files_budget_and_vice_versa(tmp_path: Path) -> None:
+    cfg = load_config(DEFAULT, ["sampler.lam=1.5"])
+    assert (cfg.sampler.lam, cfg.sampler.budget) == (1.5, None)
+    with_lam = tmp_path / "lam.yaml"
+    with_lam.write_text("base: " + str(DEFAULT) + "\nsampler:\n  budget: null\n  lam: 2.0\n")
+    cfg = load_config(with_lam, ["sampler.budget=0.8"])
+    assert (cfg.sampler.lam, cfg.sampler.budget) == (None, 0.8)
+    with pytest.raises(ConfigError, match="mutually exclusive"):  # both given: still refused
+        load_config(DEFAULT, ["sampler.lam=1.5", "sampler.budget=0.8"])
+
+
+@pytest.mark.parametrize(
+    ("override", "suggestion"),
+    [
+        ("sampler.bugdet=0.8", "did you mean 'sampler.budget'"),
+        ("trainer.max_step=3", "did you mean 'trainer.max_steps'?"),
+        ("budget=0.8", "did you mean 'sampler.budget'"),
+        ("samplr.name=tis", "did you mean 'sampler'"),
+    ],
+)
+def test_unknown_keys_get_a_suggestion(override: str, suggestion: str) -> None:
+    with pytest.raises(ConfigError, match=f"unknown config key .*; {suggestion}"):
+        load_config(DEFAULT, [override])
+
+
+def test_unknown_key_in_a_file_gets_a_suggestion(tmp_path: Path) -> None:
+    path = tmp_path / "typo.yaml"
+    path.write_text("rollout:\n  temprature: 0.7\n")
+    with pytest.raises(ConfigError, match="did you mean 'rollout.temperature'"):
+        load_config(path)
+
+
+def test_paths_are_checked_when_a_run_starts_not_when_printed(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    paper = ROOT / "configs" / "qwen3-1.7b-to-8b.yaml"  # /models/... do not exist here
+    with pytest.raises(ConfigError, match="policy.path='/models/Qwen3-8B-Base' does not exist"):
+        load_config(paper, check_devices=False)
+    cfg = load_config(paper, check_devices=False, check_paths=False)
+    assert cfg.policy.path == "/models/Qwen3-8B-Base"
+    from jackpot.fit import main
+
+    assert main(["--config", str(paper), "--print-config"]) == 0
+    assert "path: /models/Qwen3-8B-Base" in capsys.readouterr().out

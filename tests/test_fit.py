@@ -166,7 +166,8 @@ def test_two_cpu_processes_keep_identical_parameters(tmp_path: Path, warmstart_c
 
 def test_cli_bad_config_exits_2_without_traceback_and_writes_nothing(tmp_path: Path) -> None:
     run_dir = tmp_path / "never"
-    out = _cli("--config", str(DEFAULT_CONFIG), f"run.dir={run_dir}", "sampler.lam=1.0")
+    args = ("--config", str(DEFAULT_CONFIG), f"run.dir={run_dir}", "sampler.lam=1.0")
+    out = _cli(*args, "sampler.budget=0.9")
     assert out.returncode == 2
     assert "Traceback" not in out.stderr
     assert "sampler.lam=1.0 and sampler.budget=0.9 are mutually exclusive" in out.stderr
