@@ -98,7 +98,9 @@ def environment(device: str) -> dict[str, Any]:
     a = torch.randn(256, 256, device=dev, dtype=torch.bfloat16)
     product = (a @ a).float()
     out["checks"] = [
-        _check("bf16 matmul on the device is finite", torch.isfinite(product).all(), None, None)
+        _check(
+            "bf16 matmul on the device is finite", bool(torch.isfinite(product).all()), None, None
+        )
     ]
     return out
 
@@ -271,8 +273,8 @@ def obrs_device_vs_cpu(
         scalars = [
             k for k in cpu if k.startswith("obrs/") and k not in ("obrs/accept_rate", "obrs/lam")
         ]
-        figures = {
-            "dtype_on_device": str(on_dev["weights"].dtype).removeprefix("torch."),
+        dtype = str(on_dev["weights"].dtype).removeprefix("torch.")
+        figures: dict[str, float] = {
             "accept_prob_max_abs_diff": float(
                 (cpu["accept_prob"] - on_dev["accept_prob"]).abs().max()
             ),
@@ -284,13 +286,13 @@ def obrs_device_vs_cpu(
             "accept_rate_device": float(on_dev["obrs/accept_rate"]),
             "accept_prob_mean_device": float(on_dev["obrs/accept_prob_mean"]),
         }
-        out["variants"][variant] = figures
+        out["variants"][variant] = {"dtype_on_device": dtype, **figures}
         se = math.sqrt(budget * (1 - budget) / tokens)
         checks += [
             _check(
                 f"{variant}: float64 stays float64 on the device",
-                figures["dtype_on_device"] == "float64",
-                figures["dtype_on_device"],
+                dtype == "float64",
+                dtype,
                 "float64",
             ),
             _check(
@@ -355,7 +357,7 @@ def _assets(work: str, spec: dict[str, Any]) -> Any:
     """The local models, tokenizer and task of ``spec`` under ``work`` (built once, reused)."""
     from benchmarks.assets import AssetSpec, build_assets
 
-    fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()}
+    fixed: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()}
     return build_assets(Path(work) / "assets", AssetSpec(**fixed))
 
 
