@@ -370,7 +370,7 @@ def _fmt(value: Any) -> str:
         return (
             "[" + ", ".join(_fmt(v) for v in value[:6]) + (", ..." if len(value) > 6 else "") + "]"
         )
-    return "" if value is None else str(value)
+    return "n/a" if value is None else str(value)
 
 
 def _env_md(res: dict[str, Any]) -> list[str]:
@@ -417,7 +417,7 @@ def _correctness_md(res: dict[str, Any]) -> list[str]:
             "",
             *_table(
                 [
-                    "Z",
+                    "Z from",
                     "accept prob diff",
                     "weights rel diff",
                     "lambda/Z/kappa rel diff",

@@ -38,7 +38,6 @@ bfloat16 logits either way); the dry run measures 0.02 max, 0.002 mean."""
 FP64_RTOL = 1e-9
 """Relative tolerance between the OBRS sampler's float64 results on the device and on CPU."""
 
-
 EXTRA_KEYS = ("perf/weight_sync_s", "perf/peak_mem_gb", "obrs/accept_rate")
 """Per-step metrics kept beyond ``benchmarks.e2e.KEYS`` (absent ones read as NaN)."""
 
