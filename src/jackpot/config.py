@@ -23,6 +23,7 @@ __all__ = [
     "SamplerConfig",
     "TaskConfig",
     "TrainerConfig",
+    "VLLMConfig",
     "WarmstartConfig",
     "load_config",
     "to_yaml",
@@ -105,6 +106,31 @@ class WarmstartConfig:
 
 
 @dataclass
+class VLLMConfig:
+    """vLLM engine options (``rollout.engine=vllm``); passed to ``vllm.LLM`` as named."""
+
+    gpu_memory_utilization: float = 0.3
+    """Fraction of each GPU's memory vLLM may take (weights + KV cache), in (0, 1]; leave room
+    for the policy and its optimiser when they share the GPU. On a CPU it sizes the KV cache in
+    RAM minus what this process already uses: prefer ``kv_cache_memory_gib`` there."""
+    kv_cache_memory_gib: float | None = None
+    """KV-cache size per device in GiB, overriding ``gpu_memory_utilization``'s sizing (0.1 is
+    plenty for tiny models on a CPU); None = derive it from ``gpu_memory_utilization``."""
+    max_model_len: int | None = None
+    """Longest prompt + response vLLM accepts (bounds the KV cache); None = the model's
+    ``max_position_embeddings``."""
+    tensor_parallel_size: int = 1
+    """GPUs one engine shards each model over."""
+    dtype: str = "float32"
+    """Weights and activations in vLLM: ``float32``, ``bfloat16``, ``float16`` or ``auto`` (vLLM's
+    choice: half precision for a float32 checkpoint). ``p_inf`` is recorded in whatever the
+    engine computes; match the trainer's precision to keep the policy-rollout gap small."""
+    enforce_eager: bool = False
+    """Skip CUDA-graph capture and compilation: faster start-up, slower decoding (set true on
+    a CPU and in tests)."""
+
+
+@dataclass
 class RolloutConfig:
     """How rollouts are generated; these settings define ``p_inf``."""
 
@@ -134,6 +160,11 @@ class RolloutConfig:
     """Train on rollout files whose recorded ``source`` is not this run's task and train split
     (e.g. ``synthetic:addition:train`` for a ``sort`` run); refused by default, since the
     rewards then score other prompts than the ones the run evaluates."""
+    engine: str = "hf"
+    """Who samples: ``hf`` (jackpot's transformers decode loop: tiny models, CPU) or ``vllm``
+    (``pip install jackpot[vllm]``: real models on GPUs); both record the same ``p_inf``."""
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)
+    """Options of the vLLM engine; ignored when ``engine=hf``."""
 
 
 @dataclass
@@ -288,6 +319,8 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "policy.family": ("qwen2", "llama"),
     "rollout_model.family": ("qwen2", "llama"),
     "algo.mode": ("decoupled", "on_policy"),
+    "rollout.engine": ("hf", "vllm"),
+    "rollout.vllm.dtype": ("float32", "bfloat16", "float16", "auto"),
     "algo.advantage": ("grpo", "drgrpo", "rloo"),
     "algo.agg": ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"),
     "algo.distill_direction": ("forward", "reverse"),
@@ -318,6 +351,10 @@ _RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "rollout.top_k": (0, math.inf, False, True),
     "rollout.max_new_tokens": (1, math.inf, False, True),
     "rollout.logprobs_k": (1, math.inf, False, True),
+    "rollout.vllm.gpu_memory_utilization": (0, 1, True, False),
+    "rollout.vllm.kv_cache_memory_gib": (0, math.inf, True, True),
+    "rollout.vllm.max_model_len": (1, math.inf, False, True),
+    "rollout.vllm.tensor_parallel_size": (1, math.inf, False, True),
     "sampler.lam": (0, math.inf, True, True),
     "sampler.budget": (0, 1, True, False),
     "sampler.topk": (1, math.inf, False, True),

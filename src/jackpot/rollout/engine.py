@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
 
 if TYPE_CHECKING:
     from jackpot.rollout.batch import RolloutBatch
@@ -87,4 +88,12 @@ class RolloutEngine(ABC):
 
         ``prompt_ids``: ragged token-id lists (no padding). Rows of the result are grouped:
         row ``i * group_size + j`` is sample ``j`` of prompt ``i`` and has ``group_ids == i``.
+        """
+
+    @abstractmethod
+    def sync_weights(self, model: nn.Module) -> None:
+        """Make the next :meth:`generate` sample from ``model``'s current weights.
+
+        Called before every rollout whose model trains; engines that hold their own copy of
+        the weights (vLLM) copy them in, engines that wrap ``model`` itself have nothing to do.
         """
