@@ -6,7 +6,8 @@ trainer's own per-step metrics from ``metrics.csv`` (``perf/step_s``, ``perf/rol
 ...). Both modes see the same prompts (same seed) and batch shape. The models are random-init
 (no warm start): a warm-started model answers in 2-3 tokens, a random one emits EOS with
 probability ~1/V per token, so responses run long; the measured mean length is reported.
-A stopwatch around the trainer's ``run_sampler`` gives the sampler's share of a step. The
+A stopwatch around the trainer's ``target_scores`` and ``run_sampler`` gives the sampler's
+share of a step. The
 first step of every run is warm-up and dropped; modes alternate run by run so drifting
 background load hits them alike. This module imports nothing heavy, so its summary code can
 be unit-tested without torch.
@@ -89,18 +90,21 @@ def size_overrides(
 
 
 def _time_sampler_calls(durations: list[float]) -> None:
-    """Wrap the trainer's ``run_sampler`` (candidate set + sampler) with a stopwatch."""
+    """Wrap the trainer's sampler path with a stopwatch: ``target_scores`` (the policy's
+    logits reduced to log-probs and candidate sets) and ``run_sampler``."""
     import jackpot.module
 
-    inner = jackpot.module.run_sampler
+    def stopwatch(inner: Any) -> Any:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            out = inner(*args, **kwargs)
+            durations.append(time.perf_counter() - start)
+            return out
 
-    def timed(*args: Any, **kwargs: Any) -> Any:
-        start = time.perf_counter()
-        out = inner(*args, **kwargs)
-        durations.append(time.perf_counter() - start)
-        return out
+        return timed
 
-    jackpot.module.run_sampler = timed
+    jackpot.module.run_sampler = stopwatch(jackpot.module.run_sampler)
+    jackpot.module.target_scores = stopwatch(jackpot.module.target_scores)
 
 
 def measure(mode: str, overrides: list[str], steps: int) -> dict[str, Any]:

@@ -111,14 +111,22 @@ def loss_pass(inp: Inputs, sampled: Any | None) -> None:
 
 
 def sampler_pass(inp: Inputs, sampler: Any, seed: int) -> Any:
-    """``run_sampler`` over the whole batch with p_target = p_ref, as the trainer calls it."""
-    from jackpot.step import run_sampler
+    """The trainer's sampler path over the whole batch with p_target = p_ref: reduce p_ref's
+    logits to what the sampler needs (candidate sets for top-k), then ``run_sampler``."""
+    from jackpot.step import run_sampler, target_scores
 
     t = inp.tensors
     index = torch.arange(t.response_ids.shape[0])
     gen = torch.Generator().manual_seed(seed)
-    logits_ref = inp.logits_new.detach()
-    return run_sampler(sampler, t, index, t.logp_ref, logits_ref, gen, inp.logits_inf, inp.topk_inf)
+    topk = "topk" in sampler.needs()
+    target = target_scores(
+        inp.logits_new.detach(),
+        t.response_ids,
+        topk_inf=inp.topk_inf if topk else None,
+        topk_k=sampler.topk_k() if topk else None,
+        keep_logits="logits" in sampler.needs(),
+    )
+    return run_sampler(sampler, t, index, target, gen, inp.logits_inf)
 
 
 def _timed(inp: Inputs, sampler: Any | None, seed: int) -> tuple[float, float, Any]:

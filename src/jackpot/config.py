@@ -52,6 +52,9 @@ class ModelConfig:
     """Local directory of a transformers checkpoint; when set, the tiny-model fields are ignored."""
     seed: int = 0
     """Seed of the random initialisation of a tiny model."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward (transformers' activation checkpointing): less memory
+    for about one more forward pass per update."""
 
 
 @dataclass
@@ -278,6 +281,13 @@ class TrainerConfig:
     """k of mean@k / pass@k."""
     num_threads: int | None = None
     """torch CPU threads; None = torch's default."""
+    micro_batch_size: int | None = None
+    """Sequences per forward pass, for scoring and for the updates (a minibatch is then several
+    micro-batches with gradient accumulation; the gradient equals the unsplit one). Bounds the
+    memory of a step: logits exist for one micro-batch at a time. None = a whole minibatch."""
+    max_full_logits_gb: float = 4.0
+    """Largest size of the full ``(N, T, V)`` fp32 logits that full-logit samplers (exact-Z
+    ``obrs``, ``rs``) keep across a step; a bigger config is refused at load."""
 
 
 @dataclass
@@ -383,6 +393,8 @@ _RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "trainer.eval_every": (0, math.inf, False, True),
     "trainer.eval_samples": (1, math.inf, False, True),
     "trainer.num_threads": (1, math.inf, False, True),
+    "trainer.micro_batch_size": (1, math.inf, False, True),
+    "trainer.max_full_logits_gb": (0, math.inf, True, True),
 }
 
 
@@ -560,6 +572,46 @@ def _validate_sampler(cfg: JackpotConfig) -> None:
             f"sampler.name={cfg.sampler.name!r} needs the full p_inf of a rollout model, which "
             f"algo.mode={cfg.algo.mode!r} has none of; use algo.mode=decoupled, sampler.topk=k "
             "(obrs) or a token-level sampler"
+        )
+    if "logits" in sampler.needs():
+        _validate_full_logits(cfg)
+
+
+def _vocab_size(cfg: JackpotConfig) -> int | None:
+    """The policy's vocabulary size as far as the config tells (None: a checkpoint not here)."""
+    import json
+
+    if cfg.policy.path is None:
+        from jackpot.tasks.tokenizer import CharTokenizer
+
+        return CharTokenizer().vocab_size
+    config_json = Path(cfg.policy.path) / "config.json"
+    if not config_json.is_file():
+        return None
+    size = json.loads(config_json.read_text()).get("vocab_size")
+    return int(size) if isinstance(size, int) else None
+
+
+def _validate_full_logits(cfg: JackpotConfig) -> None:
+    """Full-logit samplers keep ``(N, T, V)`` p_ref and p_inf across a step: refuse what would
+    not fit, naming the top-k alternative, instead of running out of memory mid-run."""
+    vocab = _vocab_size(cfg)
+    if vocab is None:
+        return
+    r = cfg.rollout
+    n = r.prompts_per_step * r.group_size
+    gb = 2 * n * r.max_new_tokens * vocab * 4 / 1e9  # logits_ref and logits_inf, fp32
+    if gb > cfg.trainer.max_full_logits_gb:
+        alternative = (
+            "set sampler.topk=k (top-k Z with kappa, per-token memory)"
+            if cfg.sampler.name == "obrs"
+            else "use sampler.name=obrs with sampler.topk=k"
+        )
+        raise ConfigError(
+            f"sampler.name={cfg.sampler.name!r} keeps the full (N, T, V) logits of p_ref and "
+            f"p_inf across a step: {n} x {r.max_new_tokens} x {vocab} x 2 in fp32 = {gb:.1f} GB "
+            f"> trainer.max_full_logits_gb={cfg.trainer.max_full_logits_gb:g}; {alternative}, "
+            "or raise trainer.max_full_logits_gb"
         )
 
 

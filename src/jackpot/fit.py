@@ -88,11 +88,17 @@ def build_module(cfg: Any) -> Any:
         cfg, "policy", tokenizer, w.steps if w.policy_steps is None else w.policy_steps
     )
     rollout_model = None
-    if cfg.rollout.files is None:
+    if cfg.rollout.files is not None:  # offline: the files' rollouts are all there is of it
+        _check_rollout_files(cfg, policy, tokenizer)
+    elif cfg.algo.mode == "decoupled":  # on-policy runs never use a rollout model
         rollout_model = _build_model(cfg, "rollout_model", tokenizer, w.steps)
         check_same_vocab(rollout_model, policy)
-    else:  # offline: the files' rollouts are all there is of the rollout model
-        _check_rollout_files(cfg, policy, tokenizer)
+    for model, key in ((policy, "policy"), (rollout_model, "rollout_model")):
+        if model is not None and getattr(cfg, key).gradient_checkpointing:
+            # Non-reentrant: works with the frozen inputs and the two-model joint backward.
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
     train, evals = _task_examples(cfg)
     return JackpotModule(
         cfg,

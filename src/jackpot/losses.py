@@ -11,12 +11,12 @@ docstring says how it differs.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Literal, cast
+from typing import Literal
 
 import torch
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
+
+from jackpot.functional.logits import map_rows_checkpointed
 
 __all__ = [
     "ADVANTAGE_MODES",
@@ -30,6 +30,7 @@ __all__ = [
     "distill_kl_full",
     "distill_kl_topk",
     "group_advantages",
+    "loss_denominator",
     "policy_loss",
     "ppo_surrogate",
     "rollout_model_loss",
@@ -148,12 +149,36 @@ def broadcast_to_tokens(advantages: Tensor, response_mask: Tensor) -> Tensor:
 # -------------------------------------------------------------------------------- aggregation
 
 
+def loss_denominator(
+    norm_mask: Tensor, mode: AggMode = "token-mean", max_len: int | None = None
+) -> Tensor:
+    """The scalar :func:`aggregate` divides by, computed from a whole minibatch's ``norm_mask``.
+
+    Passing it to :func:`aggregate` on each micro-batch makes the micro-batch losses add up to
+    the loss of the unsplit minibatch (gradient accumulation without changing the mean):
+    ``token-mean`` counts the norm tokens, ``seq-mean-token-mean`` the sequences that have
+    any, ``seq-mean-token-sum-norm`` is ``max_len x B``.
+    """
+    _check_choice("mode", mode, AGG_MODES)
+    if norm_mask.dim() != 2:
+        raise ValueError(f"norm_mask must be (B, T), got {tuple(norm_mask.shape)}")
+    norm = norm_mask.to(_acc_dtype(norm_mask))
+    if mode == "token-mean":
+        return norm.sum()
+    if mode == "seq-mean-token-mean":
+        return (norm.sum(-1) > 0).sum().to(norm.dtype)
+    if max_len is None or isinstance(max_len, bool) or not max_len > 0:
+        raise ValueError(f"max_len must be a positive int for mode {mode!r}, got {max_len}")
+    return torch.tensor(float(max_len * max(norm.shape[0], 1)), dtype=norm.dtype)
+
+
 def aggregate(
     values: Tensor,
     loss_mask: Tensor,
     norm_mask: Tensor,
     mode: AggMode = "token-mean",
     max_len: int | None = None,
+    denominator: Tensor | None = None,
 ) -> Tensor:
     """Reduce per-token ``values`` ``(B, T)`` to a scalar; numerator over ``loss_mask``,
     denominator counted on ``norm_mask`` (verl ``agg_loss`` with the two masks split).
@@ -164,6 +189,9 @@ def aggregate(
     - ``seq-mean-token-sum-norm``: mean over all ``B`` sequences of ``sum_t(loss_mask * v) /
       max_len`` (Dr.GRPO; ``norm_mask`` unused). Current verl divides by its
       ``loss_scale_factor`` the same way; older verl summed over sequences (``B`` times larger).
+
+    ``denominator`` (from :func:`loss_denominator` of the whole minibatch) replaces the one of
+    these rows, for a micro-batch of a gradient-accumulated minibatch.
 
     OBRS: the paper's mode passes ``norm_mask = loss_mask`` (accepted tokens) with weights
     ``Z * max(lam, r)``; the "proposal" mode passes ``norm_mask = response_mask`` with weights
@@ -179,15 +207,13 @@ def aggregate(
     loss_mask = loss_mask.to(values.dtype)
     norm_mask = norm_mask.to(values.dtype)
     masked = torch.where(loss_mask != 0, values * loss_mask, torch.zeros_like(values))  # (B, T)
-    if mode == "token-mean":
-        return _safe_ratio(masked.sum(), norm_mask.sum())
-    if mode == "seq-mean-token-mean":
-        denom = norm_mask.sum(-1)  # (B,)
-        seq_means = _safe_ratio(masked.sum(-1), denom)  # (B,)
-        return _safe_ratio(seq_means.sum(), (denom > 0).sum().to(values.dtype))
-    if max_len is None or isinstance(max_len, bool) or not max_len > 0:
-        raise ValueError(f"max_len must be a positive int for mode {mode!r}, got {max_len}")
-    return masked.sum() / (max_len * max(values.shape[0], 1))
+    if mode == "seq-mean-token-mean":  # numerator: the sum of per-sequence means
+        numerator = _safe_ratio(masked.sum(-1), norm_mask.sum(-1)).sum()
+    else:
+        numerator = masked.sum()
+    if denominator is None:
+        denominator = loss_denominator(norm_mask, mode, max_len)
+    return _safe_ratio(numerator, denominator.to(values.dtype))
 
 
 # ---------------------------------------------------------------------------------------- PPO
@@ -232,15 +258,17 @@ def policy_loss(
     clip: bool = True,
     agg: AggMode = "token-mean",
     max_len: int | None = None,
+    denominator: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Jackpot's policy loss (spec "Losses"): ``-agg_t[m_t rho_t min(r_t A_t, clip(r_t) A_t)]``.
 
     All per-token ``(B, T)``. ``loss_mask`` = OBRS accepted mask x response mask; ``norm_mask``
     per :func:`aggregate` (the weights must match it); ``weights`` = rho (detached here; None
-    means 1). Stats (detached scalars): ``clip_frac`` = share of ``loss_mask`` tokens where
-    clipping is active, ``approx_kl`` = k3 estimate of ``KL(p_old || p_new)`` on those tokens
-    (verl's ``ppo_kl`` is k1; the tokens come from p_inf, so it is a diagnostic). Empty
-    ``loss_mask`` gives 0 for both.
+    means 1); ``denominator`` as in :func:`aggregate` (micro-batches). Stats (detached
+    scalars): ``clip_frac`` = share of ``loss_mask`` tokens where clipping is active,
+    ``approx_kl`` = k3 estimate of ``KL(p_old || p_new)`` on those tokens (verl's
+    ``ppo_kl`` is k1; the tokens come from p_inf, so it is a diagnostic). Empty ``loss_mask``
+    gives 0 for both.
     """
     _check_same_shape(logp_new=logp_new, loss_mask=loss_mask, norm_mask=norm_mask)
     objective, clipped = ppo_surrogate(
@@ -249,7 +277,7 @@ def policy_loss(
     if weights is not None:
         _check_same_shape(logp_new=logp_new, weights=weights)
         objective = objective * weights.detach()
-    loss = -aggregate(objective, loss_mask, norm_mask, agg, max_len)
+    loss = -aggregate(objective, loss_mask, norm_mask, agg, max_len, denominator)
     with torch.no_grad():
         mask = loss_mask.to(logp_new.dtype)
         n_tok = mask.sum()
@@ -275,6 +303,7 @@ def rollout_model_loss(
     clip: bool = True,
     agg: AggMode = "token-mean",
     max_len: int | None = None,
+    denominator: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """PPO loss for the rollout model p_w (spec "Losses"), truncated-IS corrected, no OBRS.
 
@@ -301,6 +330,7 @@ def rollout_model_loss(
         clip=clip,
         agg=agg,
         max_len=max_len,
+        denominator=denominator,
     )
     with torch.no_grad():
         mask = response_mask.to(tis.dtype)
@@ -352,29 +382,6 @@ def _kl_rows_topk(
     return kl + p_o * torch.where(p_o > 0, p_o.log() - logq_o, 0.0)
 
 
-def _chunked_rows(
-    fn: Callable[..., Tensor], chunk_size: int, student: Tensor, *others: Tensor
-) -> Tensor:
-    """Apply a per-row function over row chunks of ``(N, ...)`` tensors -> ``(N,)``.
-
-    With grad, each chunk runs under non-reentrant activation checkpointing: backward keeps only
-    the chunk inputs (views) and recomputes one chunk at a time, so extra memory stays
-    O(chunk_size x V) in both passes, at the cost of recomputing the KL (not the models).
-    """
-    needs_grad = torch.is_grad_enabled() and student.requires_grad
-    pieces = []
-    for chunk in zip(
-        student.split(chunk_size), *(o.split(chunk_size) for o in others), strict=True
-    ):
-        if needs_grad:
-            pieces.append(cast(Tensor, checkpoint(fn, *chunk, use_reentrant=False)))
-        else:
-            pieces.append(fn(*chunk))
-    if not pieces:  # no rows: an empty (0,) result still connected to the student
-        return student.to(_acc_dtype(student)).sum(-1) * 0.0
-    return torch.cat(pieces)
-
-
 def distill_kl_full(
     logits_teacher: Tensor,
     logits_student: Tensor,
@@ -383,6 +390,7 @@ def distill_kl_full(
     agg: AggMode = "token-mean",
     max_len: int | None = None,
     chunk_size: int = 1024,
+    denominator: Tensor | None = None,
 ) -> Tensor:
     """Distillation loss (spec "Losses"): ``agg_t KL(SG(p_new) || p_w)`` from full logits.
 
@@ -391,7 +399,7 @@ def distill_kl_full(
     ``chunk_size`` flattened positions at a time in fp32 (fp64 stays fp64), so there is never a
     full ``(B, T, V)`` fp32 log_softmax copy; backward recomputes each chunk (activation
     checkpointing), so extra memory is O(chunk_size x V) there too. Gradient reaches the student
-    only.
+    only. ``denominator`` as in :func:`aggregate` (micro-batches).
     """
     _check_choice("direction", direction, KL_DIRECTIONS)
     _check_positive("chunk_size", chunk_size)
@@ -405,13 +413,13 @@ def distill_kl_full(
     def rows(student: Tensor, teacher: Tensor) -> Tensor:
         return _kl_rows_full(teacher, student, reverse)
 
-    kl = _chunked_rows(
+    kl = map_rows_checkpointed(
         rows,
         chunk_size,
         logits_student.reshape(b * t, v),
         logits_teacher.detach().reshape(b * t, v),
     )
-    return aggregate(kl.reshape(b, t), response_mask, response_mask, agg, max_len)
+    return aggregate(kl.reshape(b, t), response_mask, response_mask, agg, max_len, denominator)
 
 
 def distill_kl_topk(
@@ -423,6 +431,7 @@ def distill_kl_topk(
     agg: AggMode = "token-mean",
     max_len: int | None = None,
     chunk_size: int = 1024,
+    denominator: Tensor | None = None,
 ) -> Tensor:
     """Sparse distillation loss: the KL of :func:`distill_kl_full` on the teacher's top-k support.
 
@@ -453,11 +462,11 @@ def distill_kl_topk(
     def rows(student: Tensor, ids: Tensor, logp: Tensor) -> Tensor:
         return _kl_rows_topk(ids, logp, student, reverse)
 
-    kl = _chunked_rows(
+    kl = map_rows_checkpointed(
         rows,
         chunk_size,
         student_logits.reshape(b * t, v),
         teacher_topk_ids.reshape(b * t, k).long(),
         teacher_topk_logp.detach().reshape(b * t, k),
     )
-    return aggregate(kl.reshape(b, t), response_mask, response_mask, agg, max_len)
+    return aggregate(kl.reshape(b, t), response_mask, response_mask, agg, max_len, denominator)

@@ -14,6 +14,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from jackpot.functional import entropy_from_logits
+
 __all__ = [
     "MetricTracker",
     "mean_and_pass_at_k",
@@ -41,8 +43,7 @@ def mean_and_pass_at_k(
 
 def token_entropy(logits: Tensor, mask: Tensor) -> Tensor:
     """Mean entropy (nats) of ``softmax(logits)`` ``(N, T, V)`` over ``mask`` ``(N, T)``."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    ent = -(logp.exp() * logp).sum(-1)
+    ent = entropy_from_logits(logits)  # (N, T), in row chunks
     m = mask.to(ent.dtype)
     return (ent * m).sum() / m.sum().clamp(min=1.0)
 
@@ -100,13 +101,11 @@ def minibatch_stats(
     logits_new: Tensor,
     logits_w: Tensor | None,
     response_mask: Tensor,
-    sampled_mask: Tensor,
 ) -> dict[str, Tensor]:
-    """Loss parts and entropies of one minibatch update; parts that did not run are left out."""
+    """Loss parts and entropies of one (micro-)batch update; parts that did not run are left out."""
     out = {
         "loss/policy": loss.policy.detach(),
         "policy/entropy": token_entropy(logits_new.detach(), response_mask),
-        "data/all_rejected_minibatch_frac": (sampled_mask.sum() == 0).float(),
     }
     if loss.rollout is not None:
         out["loss/rollout"] = loss.rollout.detach()

@@ -40,14 +40,20 @@ from jackpot.rollout.sampling import sampling_logprobs
 from jackpot.samplers.base import Sampler, SamplerOutput
 from jackpot.step import (
     StepTensors,
+    TargetScores,
+    empty_target_scores,
     forward_logits,
     joint_loss,
     linear_warmup,
+    merge_micro_stats,
+    micro_batches,
+    minibatch_denominators,
     minibatch_indices,
     prompt_indices,
     run_sampler,
     seeded_generator,
     step_tensors,
+    target_scores,
     token_logp,
 )
 from jackpot.tasks.synthetic import Example
@@ -56,38 +62,38 @@ __all__ = ["JackpotModule", "NonFiniteError"]
 
 RewardFn = Callable[[list[str], list[str], list[str]], list[float]]
 
+# Loss parts divided by the whole minibatch's denominator: a minibatch's value is their sum.
+_SUMMED_STATS = frozenset({"loss/policy", "loss/rollout", "distill/loss"})
+
+
+def _without(rows: Tensor, drop: Tensor) -> Tensor:
+    """``rows`` less the entries of ``drop``, in order."""
+    return rows[~torch.isin(rows, drop)]
+
 
 @dataclass
-class ScoredRollout:
-    """A step's rollouts with everything fixed before the updates."""
+class StepState:
+    """What one RL step keeps between its passes: per-token ``(N, T)`` and top-k ``(N, T, m)``
+    tensors (full logits only for small-vocabulary samplers), filled micro-batch by micro-batch.
+    """
 
     rollout: RolloutBatch
     tensors: StepTensors
-    logits_ref: Tensor
-    """``(N, T, V)`` policy logits before the update (p_ref), at the sampling temperature."""
+    ref: TargetScores
+    """p_ref's scores of every row (its ``logp`` is ``tensors.logp_ref``)."""
     logits_inf: Tensor | None
-    """``(N, T, V)`` full log p_inf, rescored from the rollout model (exact-Z samplers only)."""
+    """``(N, T, V)`` full log p_inf, rescored from the rollout model (full-logit samplers only)."""
+    ref_pending: Tensor
+    """Rows whose p_ref comes from the first update's forward (nothing changed the policy yet)."""
+    w_pending: Tensor
+    """Rows whose p_w_old comes from the first update's forward of the rollout model."""
+    fixed: SamplerOutput | None = None
+    """The sampler's decisions for the whole step when p_target = ref."""
 
-    def sample(
-        self,
-        sampler: Sampler,
-        index: Tensor,
-        logp_target: Tensor,
-        logits_target: Tensor,
-        gen: torch.Generator,
-    ) -> SamplerOutput:
-        """Run ``sampler`` on rows ``index`` against p_target given for those rows."""
-        cpu_index = index.to(self.rollout.topk_ids.device)
-        return run_sampler(
-            sampler,
-            self.tensors,
-            index,
-            logp_target,
-            logits_target,
-            gen,
-            None if self.logits_inf is None else self.logits_inf[index],
-            (self.rollout.topk_ids[cpu_index], self.rollout.topk_logp[cpu_index]),
-        )
+    def topk_inf(self, rows: Tensor) -> tuple[Tensor, Tensor]:
+        """The recorded top-k of p_inf (ids, log-probs) of ``rows``."""
+        cpu_rows = rows.to(self.rollout.topk_ids.device)
+        return self.rollout.topk_ids[cpu_rows], self.rollout.topk_logp[cpu_rows]
 
 
 class NonFiniteError(RuntimeError):
@@ -126,8 +132,8 @@ class JackpotModule(L.LightningModule):
         self.rollout_files: list[Path] | None = (
             None if cfg.rollout.files is None else resolve_rollout_files(cfg.rollout.files)
         )
-        if rollout_model is None and self.rollout_files is None:
-            raise ValueError("a rollout model is needed unless rollout.files is set")
+        if rollout_model is None and self.rollout_files is None and cfg.algo.mode == "decoupled":
+            raise ValueError("decoupled mode needs a rollout model unless rollout.files is set")
         self.train_rollout = (
             cfg.algo.train_rollout and cfg.algo.mode == "decoupled" and rollout_model is not None
         )
@@ -200,101 +206,238 @@ class JackpotModule(L.LightningModule):
         t_rollout = time.perf_counter() - t0
         rewards = self._rewards(rollout)
         t1 = time.perf_counter()
-        scored = self._score(rollout, rewards)
         gen = seeded_generator(self.cfg.run.seed, step, self.global_rank, 1, self.device)
-        fixed = None
-        if self.sampler.p_target == "ref":  # acceptance and weights fixed for the whole update
-            everything = torch.arange(rollout.num_sequences, device=self.device)
-            fixed = scored.sample(
-                self.sampler, everything, scored.tensors.logp_ref, scored.logits_ref, gen
-            )
+        order = seeded_generator(self.cfg.run.seed, step, self.global_rank, 4, self.device)
+        plan = [
+            minibatch_indices(rollout.num_sequences, self.cfg.algo.minibatches, order)
+            for _ in range(self.cfg.algo.ppo_epochs)
+        ]
+        state = self._score(rollout, rewards, first=plan[0][0])
         opts = self._optimizers()
         n_tokens = 0
-        for _ in range(self.cfg.algo.ppo_epochs):
-            for index in minibatch_indices(rollout.num_sequences, self.cfg.algo.minibatches, gen):
-                self._minibatch_update(scored, index, fixed, gen, opts)
-                n_tokens += int(scored.tensors.response_mask[index].sum())
+        for minibatches in plan:
+            for index in minibatches:
+                self._minibatch_update(state, index.to(self.device), gen, opts)
+                n_tokens += int(state.tensors.response_mask[index].sum())
         self._log_step(step, rollout, rewards, t_rollout, time.perf_counter() - t1, n_tokens)
 
-    def _score(self, rollout: RolloutBatch, rewards: Tensor) -> ScoredRollout:
-        """Old log-probs of both models (no grad), advantages, and p_inf where it is needed."""
-        with torch.no_grad():
-            logits_ref = self._response_logits(self.policy, rollout)
-            need_full = "logits" in self.sampler.needs()
-            rescore = need_full and self.cfg.algo.mode == "decoupled" and self.rollout_files is None
-            logits_w_old = (
-                self._response_logits(self._rollout_net(), rollout)
-                if self.train_rollout or rescore
-                else None
-            )
+    def _score(self, rollout: RolloutBatch, rewards: Tensor, first: Tensor) -> StepState:
+        """Old log-probs of both models (no grad) in micro-batches, advantages, full p_inf
+        where a sampler needs it.
+
+        The rows of the first minibatch are left to its update's forward when it runs in one
+        micro-batch (p_ref) or at all (p_w_old): nothing has changed the models since the
+        rollout, so that forward gives the same values without a separate pass.
+        """
+        need_full = "logits" in self.sampler.needs()
+        rescore = need_full and self.cfg.algo.mode == "decoupled" and self.rollout_files is None
         if need_full and not rescore:
             raise ValueError(
                 f"sampler {self.sampler.name!r} needs the full p_inf, which only the decoupled "
                 "mode generating its rollouts has (the rollout model is rescored)"
             )
-        logp_w_old = None
-        if self.train_rollout and logits_w_old is not None:
-            logp_w_old = token_logp(logits_w_old, rollout.response_ids)
+        n, t = rollout.response_ids.shape
+        first = first.to(self.device)
+        micro = self.cfg.trainer.micro_batch_size
+        none = first[:0]
+        ref_pending = first if len(micro_batches(first, micro)) == 1 else none
+        w_pending = first if self.train_rollout and not rescore else none
+        feeds_sampler = self._fixed_target()  # p_ref's candidate sets / logits are needed
+        ref = empty_target_scores(
+            n,
+            t,
+            topk_m=self._candidate_width(rollout)
+            if feeds_sampler and "topk" in self.sampler.needs()
+            else None,
+            vocab=self._vocab_size() if need_full and feeds_sampler else None,
+            device=self.device,
+            dtype=self._score_dtype(),
+        )
+        logp_w_old = (
+            torch.full((n, t), math.nan, device=self.device, dtype=self._score_dtype())
+            if self.train_rollout
+            else None
+        )
         tensors = step_tensors(
             rollout.response_ids,
             rollout.response_mask,
             rewards.to(self.device),
             rollout.group_ids,
             rollout.logp_inf,
-            token_logp(logits_ref, rollout.response_ids),
+            ref.logp,
             logp_w_old,
             self.cfg.algo.advantage,
         )
-        logits_inf = None
-        if need_full and logits_w_old is not None:
-            r = self.cfg.rollout  # logits are already scaled by the temperature: truncate only
-            logits_inf = sampling_logprobs(logits_w_old, 1.0, r.top_k, r.top_p)
-        return ScoredRollout(rollout, tensors, logits_ref, logits_inf)
-
-    def _minibatch_update(
-        self,
-        scored: ScoredRollout,
-        index: Tensor,
-        fixed: SamplerOutput | None,
-        gen: torch.Generator,
-        opts: list[Any],
-    ) -> None:
-        """One joint update of both models on rows ``index``."""
-        cfg = self.cfg
-        index = index.to(self.device)
-        logits_new = self._response_logits(self.policy, scored.rollout, index)
-        if fixed is not None:
-            sampled = fixed.select(index)
-        else:  # p_target = new: recomputed from the current, detached policy (Algorithm 1)
-            detached = logits_new.detach()
-            logp_new = token_logp(detached, scored.tensors.response_ids[index])
-            sampled = scored.sample(self.sampler, index, logp_new, detached, gen)
-        logits_w = (
-            self._response_logits(self._rollout_net(), scored.rollout, index)
-            if self.train_rollout
+        logits_inf = (
+            torch.full(
+                (n, t, self._vocab_size()), math.nan, device=self.device, dtype=self._score_dtype()
+            )
+            if rescore
             else None
         )
-        loss = joint_loss(
-            scored.tensors,
-            index,
-            logits_new,
-            sampled,
-            logits_w=logits_w,
-            distill_coef=self._distill_coef(),
-            distill_direction=cfg.algo.distill_direction,
-            clip_eps=cfg.algo.clip_eps,
-            clip=cfg.algo.clip,
-            agg=cfg.algo.agg,
-            rollout_tis_cap=cfg.algo.rollout_tis_cap,
-            max_len=scored.rollout.params.max_new_tokens,
+        state = StepState(rollout, tensors, ref, logits_inf, ref_pending, w_pending)
+        rows_all = torch.arange(n, device=self.device)
+        with torch.no_grad():
+            for rows in micro_batches(_without(rows_all, ref_pending), micro):
+                logits = self._response_logits(self.policy, rollout, rows)
+                ref.put(rows, self._target_scores(state, rows, logits, fixed=True))
+            if self.train_rollout or rescore:
+                for rows in micro_batches(_without(rows_all, w_pending), micro):
+                    logits_w = self._response_logits(self._rollout_net(), rollout, rows)
+                    self._put_rollout_scores(state, rows, logits_w)
+        return state
+
+    def _minibatch_update(
+        self, state: StepState, index: Tensor, gen: torch.Generator, opts: list[Any]
+    ) -> None:
+        """One joint update of both models on rows ``index``, in micro-batches."""
+        cfg = self.cfg
+        pieces = micro_batches(index, cfg.trainer.micro_batch_size)
+        held = None  # the policy's logits with grad, when the minibatch is one micro-batch
+        if len(pieces) == 1:
+            held = self._response_logits(self.policy, state.rollout, index)
+        if state.ref_pending.numel() and held is not None:  # the first minibatch: p_ref = p_new
+            state.ref.put(index, self._target_scores(state, index, held, fixed=True))
+            state.ref_pending = state.ref_pending[:0]
+        sampled = self._sample(state, index, held, pieces, gen)
+        denominators = minibatch_denominators(
+            sampled.norm_mask,
+            state.tensors.response_mask[index],
+            cfg.algo.agg,
+            state.rollout.params.max_new_tokens,
         )
-        self._update(opts, loss.total)
-        self.tracker.update({**sampled.metrics, **loss.stats})
-        self.tracker.update(
-            minibatch_stats(
-                loss, logits_new, logits_w, scored.tensors.response_mask[index], sampled.mask
+        for opt in opts:
+            opt.zero_grad(set_to_none=True)
+        finite, stats, offset = True, [], 0
+        for rows in pieces:
+            local = torch.arange(offset, offset + len(rows), device=self.device)
+            offset += len(rows)
+            logits_new = (
+                held
+                if held is not None
+                else self._response_logits(self.policy, state.rollout, rows)
             )
+            logits_w = (
+                self._response_logits(self._rollout_net(), state.rollout, rows)
+                if self.train_rollout
+                else None
+            )
+            if logits_w is not None and state.w_pending.numel():
+                self._put_rollout_scores(state, rows, logits_w)
+            piece = sampled.select(local)
+            loss = joint_loss(
+                state.tensors,
+                rows,
+                logits_new,
+                piece,
+                logits_w=logits_w,
+                distill_coef=self._distill_coef(),
+                distill_direction=cfg.algo.distill_direction,
+                clip_eps=cfg.algo.clip_eps,
+                clip=cfg.algo.clip,
+                agg=cfg.algo.agg,
+                rollout_tis_cap=cfg.algo.rollout_tis_cap,
+                max_len=state.rollout.params.max_new_tokens,
+                denominators=denominators,
+            )
+            finite = bool(torch.isfinite(loss.total))
+            if not finite:  # skip this update; the rest of the minibatch cannot repair it
+                break
+            self.manual_backward(loss.total)
+            stats.append(
+                {
+                    **loss.stats,
+                    **minibatch_stats(
+                        loss, logits_new, logits_w, state.tensors.response_mask[rows]
+                    ),
+                }
+            )
+        state.w_pending = state.w_pending[:0]
+        self._step(opts, finite)
+        self.tracker.update(sampled.metrics)
+        if stats:
+            self.tracker.update(merge_micro_stats(stats, _SUMMED_STATS))
+        self.tracker.update({"data/all_rejected_minibatch_frac": float(sampled.mask.sum() == 0)})
+
+    def _sample(
+        self,
+        state: StepState,
+        index: Tensor,
+        held: Tensor | None,
+        pieces: list[Tensor],
+        gen: torch.Generator,
+    ) -> SamplerOutput:
+        """The sampler's mask and weights for rows ``index``.
+
+        p_target = ref: decided once for the whole step (a budget's lambda is the batch's).
+        p_target = new: recomputed from the current, detached policy (Algorithm 1), from the
+        update's own forward when the minibatch is one micro-batch, else by a no-grad pass.
+        """
+        if self._fixed_target():
+            if state.fixed is None:
+                everything = torch.arange(state.rollout.num_sequences, device=self.device)
+                state.fixed = run_sampler(
+                    self.sampler, state.tensors, everything, state.ref, gen, state.logits_inf
+                )
+            return state.fixed.select(index)
+        if held is not None:
+            target = self._target_scores(state, index, held, fixed=False)
+        else:
+            with torch.no_grad():
+                target = TargetScores.cat(
+                    [
+                        self._target_scores(
+                            state,
+                            rows,
+                            self._response_logits(self.policy, state.rollout, rows),
+                            fixed=False,
+                        )
+                        for rows in pieces
+                    ]
+                )
+        logits_inf = None if state.logits_inf is None else state.logits_inf[index]
+        return run_sampler(self.sampler, state.tensors, index, target, gen, logits_inf)
+
+    def _target_scores(
+        self, state: StepState, rows: Tensor, logits: Tensor, fixed: bool
+    ) -> TargetScores:
+        """Reduce a micro-batch's policy logits to what the sampler needs of them.
+
+        ``fixed``: these are p_ref's scores, which feed the sampler only when p_target = ref.
+        """
+        feeds_sampler = fixed == self._fixed_target()
+        needs = self.sampler.needs()
+        topk = "topk" in needs and feeds_sampler
+        return target_scores(
+            logits,
+            state.tensors.response_ids[rows],
+            topk_inf=state.topk_inf(rows) if topk else None,
+            topk_k=self.sampler.topk_k() if topk else None,
+            keep_logits="logits" in needs and feeds_sampler,
         )
+
+    def _put_rollout_scores(self, state: StepState, rows: Tensor, logits_w: Tensor) -> None:
+        """Record p_w_old (and the full p_inf for full-logit samplers) of ``rows``."""
+        logits_w = logits_w.detach()
+        if state.tensors.logp_w_old is not None:
+            state.tensors.logp_w_old[rows] = token_logp(logits_w, state.tensors.response_ids[rows])
+        if state.logits_inf is not None:
+            r = self.cfg.rollout  # logits are already scaled by the temperature: truncate only
+            logp = sampling_logprobs(logits_w, 1.0, r.top_k, r.top_p)
+            state.logits_inf[rows] = logp.to(state.logits_inf.dtype)
+
+    def _score_dtype(self) -> torch.dtype:
+        """float32 for the scores a step keeps (bf16 models included), float64 for fp64 ones."""
+        dtype = next(self.policy.parameters()).dtype
+        return torch.float64 if dtype == torch.float64 else torch.float32
+
+    def _fixed_target(self) -> bool:
+        """Whether the sampler aligns to p_ref (decided once per step) rather than p_new."""
+        return self.sampler.p_target == "ref"
+
+    def _candidate_width(self, rollout: RolloutBatch) -> int:
+        """m of the candidate sets: the recorded top-k of p_inf plus the policy's top-k."""
+        return int(rollout.topk_ids.shape[-1]) + self.sampler.topk_k()
 
     # ------------------------------------------------------------------ helpers
 
@@ -382,13 +525,10 @@ class JackpotModule(L.LightningModule):
     def _distill_coef(self) -> float:
         return self.controller.coef if self.controller is not None else self.cfg.algo.distill_coef
 
-    def _update(self, opts: list[Any], loss: Tensor) -> None:
-        """Backward once through the joint loss; step every optimiser, or skip a bad update."""
-        for opt in opts:
-            opt.zero_grad(set_to_none=True)
-        ok = bool(torch.isfinite(loss))
+    def _step(self, opts: list[Any], finite: bool) -> None:
+        """Clip and step every optimiser on the accumulated gradient, or skip a bad update."""
+        ok = finite
         if ok:
-            self.manual_backward(loss)
             norms = [
                 torch.nn.utils.clip_grad_norm_(model.parameters(), oc.grad_clip)
                 for model, oc in self._trained_models()

@@ -2,6 +2,12 @@
 
 The LightningModule calls models and optimisers; everything between a forward pass and a
 scalar loss lives here, so a test can run it on hand-made tensors without a Trainer.
+
+Memory at scale: logits exist for one micro-batch at a time. Scoring reduces each
+micro-batch's logits to the per-token ``(N, T)`` and top-k ``(N, T, m)`` tensors that cross
+the step (:class:`TargetScores`); an update runs its minibatch as micro-batches whose losses
+share the minibatch's denominators (:func:`minibatch_denominators`), so the accumulated
+gradient equals the unsplit one.
 """
 
 from __future__ import annotations
@@ -9,15 +15,17 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 from torch import Tensor
 
-from jackpot.functional import gather_logprobs, token_logprobs, topk_logprobs
+from jackpot.functional import gather_logprobs, sampled_logprobs, topk_logprobs
 from jackpot.losses import (
     broadcast_to_tokens,
     distill_kl_full,
     group_advantages,
+    loss_denominator,
     policy_loss,
     rollout_model_loss,
 )
@@ -26,15 +34,21 @@ from jackpot.samplers.base import Sampler, SamplerInput, SamplerOutput
 __all__ = [
     "JointLoss",
     "StepTensors",
+    "TargetScores",
     "candidate_set",
+    "empty_target_scores",
     "forward_logits",
     "joint_loss",
     "linear_warmup",
+    "merge_micro_stats",
+    "micro_batches",
+    "minibatch_denominators",
     "minibatch_indices",
     "prompt_indices",
     "run_sampler",
     "seeded_generator",
     "step_tensors",
+    "target_scores",
     "token_logp",
 ]
 
@@ -69,6 +83,13 @@ def prompt_indices(
     return picks[rank * per_rank : (rank + 1) * per_rank].tolist()
 
 
+def micro_batches(index: Tensor, size: int | None) -> list[Tensor]:
+    """Rows ``index`` of a minibatch in consecutive pieces of at most ``size`` (None: one piece)."""
+    if size is None or size >= len(index):
+        return [index]
+    return list(index.split(size))
+
+
 def forward_logits(
     model: torch.nn.Module, ids: Tensor, mask: Tensor, prompt_len: int, temperature: float
 ) -> Tensor:
@@ -76,18 +97,25 @@ def forward_logits(
 
     ``ids``, ``mask`` ``(N, P + T)``: left-padded prompt then response; positions count real
     tokens only (as the rollout engine does). Position ``P - 1 + t`` predicts response token
-    ``t``. Scoring at the rollout's temperature keeps ``p_ref``, ``p_new`` and ``p_w``
-    comparable with ``p_inf`` (as verl does).
+    ``t``; ``logits_to_keep`` asks the model for those ``T + 1`` last positions only, so no
+    logits are computed for the prompt. Scoring at the rollout's temperature keeps ``p_ref``,
+    ``p_new`` and ``p_w`` comparable with ``p_inf`` (as verl does).
     """
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
     response_len = ids.shape[1] - prompt_len
-    return logits[:, prompt_len - 1 : prompt_len - 1 + response_len] / temperature
+    out = model(
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=positions,
+        logits_to_keep=response_len + 1,
+    )
+    logits = out.logits[:, :response_len]  # (N, T, V): positions P - 1 ... P + T - 2
+    return logits if temperature == 1.0 else logits / temperature
 
 
 def token_logp(logits: Tensor, ids: Tensor) -> Tensor:
-    """Log-prob of ``ids`` ``(n, T)`` under ``softmax(logits)`` ``(n, T, V)``, in float32."""
-    return token_logprobs(logits.float(), ids)
+    """Log-prob of ``ids`` ``(n, T)`` under ``softmax(logits)`` ``(n, T, V)``, at least float32."""
+    return sampled_logprobs(logits, ids)
 
 
 @dataclass
@@ -150,43 +178,141 @@ def candidate_set(
     return ids, logp_inf.to(logp_target.dtype), logp_target
 
 
+@dataclass
+class TargetScores:
+    """What a sampler needs of one policy (p_ref or p_new) for some rows.
+
+    ``logp`` ``(n, T)`` of the sampled tokens; ``candidates`` the ``(n, T, m)`` top-k candidate
+    sets of :func:`candidate_set` (ids, p_inf log-probs, p_target log-probs) for top-k
+    samplers; ``logits`` ``(n, T, V)`` only for the small-vocabulary samplers that need full
+    logits (exact-Z ``obrs``, ``rs``). Per-token and top-k tensors are what may outlive a
+    micro-batch; full logits never do at scale.
+    """
+
+    logp: Tensor
+    candidates: tuple[Tensor, Tensor, Tensor] | None = None
+    logits: Tensor | None = None
+
+    def put(self, rows: Tensor, part: TargetScores) -> None:
+        """Write ``part`` (scores of ``rows``) into this step-wide holder."""
+        self.logp[rows] = part.logp.to(self.logp.dtype)
+        if self.candidates is not None and part.candidates is not None:
+            for whole, piece in zip(self.candidates, part.candidates, strict=True):
+                whole[rows] = piece.to(whole.dtype)
+        if self.logits is not None and part.logits is not None:
+            self.logits[rows] = part.logits.to(self.logits.dtype)
+
+    def rows(self, index: Tensor) -> TargetScores:
+        """The scores of rows ``index``."""
+        cands = self.candidates
+        return TargetScores(
+            self.logp[index],
+            None if cands is None else (cands[0][index], cands[1][index], cands[2][index]),
+            None if self.logits is None else self.logits[index],
+        )
+
+    @staticmethod
+    def cat(parts: list[TargetScores]) -> TargetScores:
+        """Concatenate the scores of consecutive micro-batches."""
+        first = parts[0]
+        cands = None
+        if first.candidates is not None:
+            cands = cast(
+                tuple[Tensor, Tensor, Tensor],
+                tuple(torch.cat([cast(Any, p.candidates)[i] for p in parts]) for i in range(3)),
+            )
+        logits = None
+        if first.logits is not None:
+            logits = torch.cat([cast(Tensor, p.logits) for p in parts])
+        return TargetScores(torch.cat([p.logp for p in parts]), cands, logits)
+
+
+def empty_target_scores(
+    n: int,
+    t: int,
+    *,
+    topk_m: int | None,
+    vocab: int | None,
+    device: torch.device | str,
+    dtype: torch.dtype = torch.float32,
+) -> TargetScores:
+    """A step-wide holder for ``n`` rows, filled micro-batch by micro-batch (NaN until then).
+
+    ``dtype`` of the log-probs: float32, or float64 for float64 models (never lower: the
+    OBRS math runs on these).
+    """
+
+    def full(*shape: int, value: float) -> Tensor:
+        return torch.full(shape, value, dtype=dtype, device=device)
+
+    cands = None
+    if topk_m is not None:
+        cands = (
+            torch.zeros(n, t, topk_m, dtype=torch.long, device=device),
+            full(n, t, topk_m, value=-math.inf),
+            full(n, t, topk_m, value=-math.inf),
+        )
+    logits = None if vocab is None else full(n, t, vocab, value=math.nan)
+    return TargetScores(full(n, t, value=math.nan), cands, logits)
+
+
+def target_scores(
+    logits: Tensor,
+    response_ids: Tensor,
+    *,
+    topk_inf: tuple[Tensor, Tensor] | None,
+    topk_k: int | None,
+    keep_logits: bool,
+) -> TargetScores:
+    """Reduce one micro-batch's detached logits ``(n, T, V)`` to what the sampler needs.
+
+    ``topk_inf`` = the rows' recorded top-k of p_inf (ids, log-probs) and ``topk_k`` the k of
+    the policy's top-k when the sampler uses candidate sets; ``keep_logits`` for full-logit
+    samplers.
+    """
+    logits = logits.detach()
+    cands = None
+    if topk_k is not None:
+        if topk_inf is None:
+            raise ValueError("a top-k sampler needs the recorded top-k of p_inf")
+        cands = candidate_set(topk_inf[0], topk_inf[1], logits, topk_k)
+    full = logits.to(torch.promote_types(logits.dtype, torch.float32)) if keep_logits else None
+    return TargetScores(sampled_logprobs(logits, response_ids), cands, full)
+
+
 def run_sampler(
     sampler: Sampler,
     t: StepTensors,
     index: Tensor,
-    logp_target: Tensor,
-    logits_target: Tensor,
+    target: TargetScores,
     generator: torch.Generator,
     logits_inf: Tensor | None = None,
-    topk_inf: tuple[Tensor, Tensor] | None = None,
 ) -> SamplerOutput:
-    """Build the sampler's input for rows ``index`` and run it; tensors are already indexed.
+    """Build the sampler's input for rows ``index`` and run it; ``target`` holds those rows.
 
-    ``logp_target`` ``(n, T)`` and ``logits_target`` ``(n, T, V)`` are p_target's; the sampler
-    gets full logits when it needs them (``needs() == {"logits"}``, with ``logits_inf`` the
-    full log p_inf), or the candidate set from the recorded top-k ``topk_inf`` of p_inf.
+    ``target`` is p_target's: the candidate sets for top-k samplers (``needs() == {"topk"}``),
+    the full logits for full-logit samplers (``needs() == {"logits"}``, with ``logits_inf`` the
+    full log p_inf of the same rows).
     """
     needs = sampler.needs()
     ids = logp_i = logp_t = None
     if "topk" in needs:
-        if topk_inf is None:
+        if target.candidates is None:
             raise ValueError(f"sampler {sampler.name!r} needs the recorded top-k of p_inf")
-        ids, logp_i, logp_t = candidate_set(
-            topk_inf[0], topk_inf[1], logits_target, sampler.topk_k()
-        )
+        ids, logp_i, logp_t = target.candidates
     full = "logits" in needs
-    if full and logits_inf is None:
+    if full and (logits_inf is None or target.logits is None):
         raise ValueError(f"sampler {sampler.name!r} needs the full p_inf (decoupled mode)")
     batch = SamplerInput(
         logp_inf=t.logp_inf[index],
         logp_ref=t.logp_ref[index],
-        logp_target=logp_target,
+        logp_target=target.logp,
         response_mask=t.response_mask[index],
         topk_ids=ids,
         topk_logp_inf=logp_i,
         topk_logp_target=logp_t,
         logits_inf=logits_inf if full else None,
-        logits_target=logits_target if full else None,
+        logits_target=target.logits if full else None,
         generator=generator,
     )
     return sampler(batch)
@@ -217,13 +343,18 @@ def joint_loss(
     agg: str,
     rollout_tis_cap: float,
     max_len: int,
+    denominators: tuple[Tensor, Tensor] | None = None,
 ) -> JointLoss:
     """Policy PPO loss with the sampler's mask/weights, plus rollout-model RL and distillation.
 
     ``logits_new`` ``(n, T, V)`` of the policy (with grad); ``logits_w`` of the rollout model
     (with grad) or None when it is frozen. One backward through ``total`` updates both
-    models (the teacher in the distillation term is detached).
+    models (the teacher in the distillation term is detached). For a micro-batch of a larger
+    minibatch, ``denominators`` = (:func:`~jackpot.losses.loss_denominator` of the minibatch's
+    ``sampled.norm_mask``, of its response mask): the micro-batch losses then add up to the
+    minibatch's loss, and so do their gradients.
     """
+    den_pol, den_roll = (None, None) if denominators is None else denominators
     ids = t.response_ids[index]
     resp = t.response_mask[index]
     adv = t.advantages[index]
@@ -239,6 +370,7 @@ def joint_loss(
         clip=clip,
         agg=agg,  # type: ignore[arg-type]
         max_len=max_len,
+        denominator=den_pol,
     )
     stats = {f"ppo/{k}": v for k, v in stats.items()}
     total = l_pol
@@ -257,6 +389,7 @@ def joint_loss(
             clip=clip,
             agg=agg,  # type: ignore[arg-type]
             max_len=max_len,
+            denominator=den_roll,
         )
         l_dist = distill_kl_full(
             logits_new.detach(),
@@ -265,7 +398,28 @@ def joint_loss(
             direction=distill_direction,  # type: ignore[arg-type]
             agg=agg,  # type: ignore[arg-type]
             max_len=max_len,
+            denominator=den_roll,
         )
         total = total + l_roll + distill_coef * l_dist
         stats.update({f"rollout/{k}": v for k, v in roll_stats.items()})
     return JointLoss(total, l_pol, l_roll, l_dist, stats)
+
+
+def minibatch_denominators(
+    norm_mask: Tensor, response_mask: Tensor, agg: str, max_len: int
+) -> tuple[Tensor, Tensor]:
+    """The policy's and the rollout model's loss denominators of a whole minibatch."""
+    return (
+        loss_denominator(norm_mask, agg, max_len),  # type: ignore[arg-type]
+        loss_denominator(response_mask, agg, max_len),  # type: ignore[arg-type]
+    )
+
+
+def merge_micro_stats(parts: list[dict[str, Tensor]], summed: frozenset[str]) -> dict[str, Tensor]:
+    """One minibatch's stats from its micro-batches': ``summed`` keys add up (loss parts that
+    share the minibatch's denominator), the others are averaged."""
+    out: dict[str, Tensor] = {}
+    for key in parts[0]:
+        values = torch.stack([p[key].detach().float() for p in parts])
+        out[key] = values.sum() if key in summed else values.mean()
+    return out

@@ -14,9 +14,12 @@ from jackpot.functional.estimators import (
     masked_mean,
 )
 from jackpot.functional.logits import (
+    entropy_from_logits,
     gather_logprobs,
+    map_rows_checkpointed,
     max_log_ratio_from_logits,
     normalizer_from_logits,
+    sampled_logprobs,
     token_logprobs,
     topk_logprobs,
 )
@@ -59,6 +62,7 @@ __all__ = [
     "batch_log_lambda",
     "draw_accept",
     "effective_sample_size",
+    "entropy_from_logits",
     "gather_logprobs",
     "geo_mean_log_ratio",
     "icepop_mask",
@@ -74,6 +78,7 @@ __all__ = [
     "log_post_rejection_at",
     "log_proposal_weight",
     "log_ratio",
+    "map_rows_checkpointed",
     "masked_mean",
     "max_feasible_budget",
     "max_log_ratio_from_logits",
@@ -82,6 +87,7 @@ __all__ = [
     "obrs_weight",
     "post_rejection",
     "proposal_weight",
+    "sampled_logprobs",
     "seq_log_ratio",
     "solve_lambda",
     "solve_log_lambda",

@@ -9,16 +9,21 @@ distribution (temperature applied, truncated tokens at ``-inf``).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from jackpot.functional.obrs import log_normalizer
 
 __all__ = [
+    "entropy_from_logits",
     "gather_logprobs",
+    "map_rows_checkpointed",
     "max_log_ratio_from_logits",
     "normalizer_from_logits",
+    "sampled_logprobs",
     "token_logprobs",
     "topk_logprobs",
 ]
@@ -67,6 +72,72 @@ def token_logprobs(logits: Tensor, ids: Tensor) -> Tensor:
     """
     picked = logits.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
     return picked - torch.logsumexp(logits, dim=-1)
+
+
+def map_rows_checkpointed(
+    fn: Callable[..., Tensor],
+    chunk_size: int,
+    first: Tensor,
+    *others: Tensor,
+    recompute: bool = True,
+) -> Tensor:
+    """Apply a per-row function over row chunks of ``(N, ...)`` tensors -> ``(N,)``.
+
+    With grad (``first`` requires it) and ``recompute``, each chunk runs under non-reentrant
+    activation checkpointing: backward keeps only the chunk inputs (views) and recomputes one
+    chunk at a time, so the fp32 upcast a chunk makes is never kept for backward; extra memory
+    stays O(chunk_size x V) in both passes, at the cost of recomputing the reduction (not the
+    model).
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    needs_grad = recompute and torch.is_grad_enabled() and first.requires_grad
+    pieces = []
+    for chunk in zip(first.split(chunk_size), *(o.split(chunk_size) for o in others), strict=True):
+        if needs_grad:
+            pieces.append(cast(Tensor, checkpoint(fn, *chunk, use_reentrant=False)))
+        else:
+            pieces.append(fn(*chunk))
+    if not pieces:  # no rows: an empty (0,) result still connected to ``first``
+        return first.to(_compute_dtype(first)).sum(-1) * 0.0
+    return torch.cat(pieces)
+
+
+def sampled_logprobs(logits: Tensor, ids: Tensor, *, chunk_size: int = 1024) -> Tensor:
+    """``log softmax(logits)[ids]`` ``(...)`` in at least float32, differentiable, in row chunks.
+
+    The trainer's log-prob of the sampled token from a micro-batch's ``(..., V)`` logits: each
+    chunk is upcast on its own (bf16 logits never get a whole fp32 copy), and with grad an
+    upcast chunk is recomputed in backward rather than kept.
+    """
+    dtype = _compute_dtype(logits)
+    v = logits.shape[-1]
+
+    def rows(lg: Tensor, idx: Tensor) -> Tensor:
+        lg = lg.to(dtype)
+        return lg.gather(-1, idx[:, None]).squeeze(-1) - torch.logsumexp(lg, dim=-1)
+
+    out = map_rows_checkpointed(
+        rows,
+        chunk_size,
+        logits.reshape(-1, v),
+        ids.reshape(-1),
+        recompute=logits.dtype != dtype,
+    )
+    return out.reshape(ids.shape)
+
+
+@torch.no_grad()
+def entropy_from_logits(logits: Tensor, *, chunk_size: int = 1024) -> Tensor:
+    """Entropy (nats) of ``softmax(logits)`` ``(..., V)`` -> ``(...)``, in row chunks; detached."""
+    dtype = _compute_dtype(logits)
+
+    def chunk(lg: Tensor) -> Tensor:
+        logp = torch.log_softmax(lg.to(dtype), dim=-1)
+        return -(logp.exp() * torch.where(logp.isneginf(), 0.0, logp)).sum(-1)
+
+    (out,) = _map_rows(chunk, (logits,), chunk_size)
+    return out
 
 
 @torch.no_grad()
