@@ -34,8 +34,8 @@ from jackpot.metrics import (
 )
 from jackpot.rollout.batch import RolloutBatch
 from jackpot.rollout.engine import RolloutEngine, SamplingParams
+from jackpot.rollout.factory import build_engine
 from jackpot.rollout.files import load_step_rollouts, resolve_rollout_files
-from jackpot.rollout.hf import HFRolloutEngine
 from jackpot.rollout.sampling import sampling_logprobs
 from jackpot.samplers.base import Sampler, SamplerOutput
 from jackpot.step import (
@@ -64,6 +64,12 @@ RewardFn = Callable[[list[str], list[str], list[str]], list[float]]
 
 # Loss parts divided by the whole minibatch's denominator: a minibatch's value is their sum.
 _SUMMED_STATS = frozenset({"loss/policy", "loss/rollout", "distill/loss"})
+
+
+def _can_fuse(params: Sequence[Tensor]) -> bool:
+    """Whether torch's fused AdamW kernel applies: floating parameters on CPU or CUDA (one
+    kernel per parameter group instead of a Python loop per tensor)."""
+    return all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
 
 
 def _without(rows: Tensor, drop: Tensor) -> Tensor:
@@ -129,6 +135,8 @@ class JackpotModule(L.LightningModule):
         self.reward_fn = reward_fn
         self.sampler = sampler
         self.tracker = MetricTracker()
+        self.engines: dict[str, RolloutEngine] = {}
+        """One rollout engine per model for the whole run (``policy``, ``rollout_model``)."""
         self.rollout_files: list[Path] | None = (
             None if cfg.rollout.files is None else resolve_rollout_files(cfg.rollout.files)
         )
@@ -154,6 +162,8 @@ class JackpotModule(L.LightningModule):
         )
         self.nonfinite_streak = 0
         self.last_metrics: dict[str, float] = {}
+        self.last_logged: float | None = None
+        """When the previous RL step's metrics were logged (``perf/period_s``)."""
         self.sampling = SamplingParams(
             temperature=cfg.rollout.temperature,
             top_k=cfg.rollout.top_k,
@@ -173,7 +183,10 @@ class JackpotModule(L.LightningModule):
         """AdamW + linear warm-up for the policy, and for the rollout model when it trains."""
         optimizers, schedulers = [], []
         for model, oc in self._trained_models():
-            opt = torch.optim.AdamW(model.parameters(), lr=oc.lr, weight_decay=oc.weight_decay)
+            params = list(model.parameters())
+            opt = torch.optim.AdamW(
+                params, lr=oc.lr, weight_decay=oc.weight_decay, fused=_can_fuse(params)
+            )
             optimizers.append(opt)
             schedulers.append(
                 torch.optim.lr_scheduler.LambdaLR(opt, linear_warmup(oc.warmup_steps))
@@ -199,7 +212,21 @@ class JackpotModule(L.LightningModule):
     # ------------------------------------------------------------------ the RL iteration
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
-        """Roll out, score, and update both models on the same trajectories."""
+        """Roll out, score, and update both models on the same trajectories.
+
+        Lightning's ``bf16-true`` sets torch's default dtype to bf16 around this hook; the
+        step's own tensors (rewards, masks, the OBRS math) are created in float32 regardless,
+        while the models compute in their parameters' dtype.
+        """
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float32)
+        try:
+            self._rl_step()
+        finally:
+            torch.set_default_dtype(previous)
+
+    def _rl_step(self) -> None:
+        """One RL iteration: rollout, rewards, scores, minibatch updates, metrics."""
         step = self.current_epoch
         t0 = time.perf_counter()
         rollout = self._rollout(step)
@@ -478,10 +505,22 @@ class JackpotModule(L.LightningModule):
         )
 
     def _engine(self, policy: bool = False) -> RolloutEngine:
-        """The policy's engine (on-policy runs, evaluation) or the rollout model's."""
+        """The policy's engine (on-policy runs, evaluation) or the rollout model's, built on
+        first use and given the model's current weights when that model trains."""
         use_policy = policy or self.cfg.algo.mode == "on_policy"
+        name = "policy" if use_policy else "rollout_model"
         model = self.policy if use_policy else self._rollout_net()
-        return HFRolloutEngine(cast(Any, model), self.tokenizer.pad_token_id)
+        if name not in self.engines:
+            work_dir = Path(self.cfg.run.dir) / "engines" / f"{name}-rank{self.global_rank}"
+            self.engines[name] = build_engine(
+                self.cfg.rollout, model, self.tokenizer.pad_token_id, work_dir
+            )
+        engine = self.engines[name]
+        if use_policy or self.train_rollout:
+            start = time.perf_counter()
+            engine.sync_weights(model)
+            self.tracker.update({"perf/weight_sync_s": time.perf_counter() - start})
+        return engine
 
     def _rollout_net(self) -> nn.Module:
         """The rollout model; an error in offline runs built without one."""
@@ -589,6 +628,10 @@ class JackpotModule(L.LightningModule):
         if self.trainer.world_size > 1:
             self.tracker.update({"dist/param_divergence": self._param_divergence()})
         values = self.tracker.compute()
+        now = time.perf_counter()
+        if self.last_logged is not None:  # everything a user waits for, between two steps
+            values["perf/period_s"] = now - self.last_logged
+        self.last_logged = now
         if self.controller is not None and math.isfinite(values.get("mismatch/kl_k3", math.nan)):
             self.controller.update(values["mismatch/kl_k3"])
         self.last_metrics = values
