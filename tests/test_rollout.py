@@ -5,10 +5,12 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 import torch
 from scipy.stats import chisquare
+from transformers import DynamicCache
 from transformers.generation.logits_process import (
     TemperatureLogitsWarper,
     TopKLogitsWarper,
@@ -19,6 +21,7 @@ from jackpot.models import ModelSpec, build_model
 from jackpot.rollout import RolloutBatch, SamplingParams, load_rollouts, sampling_logprobs
 from jackpot.rollout.__main__ import main
 from jackpot.rollout.hf import HFRolloutEngine
+from jackpot.rollout.sampling import sample_tokens, topk_with_sampled
 
 VOCAB = 12
 PAD, EOS = 0, 2
@@ -34,7 +37,7 @@ def rollout_model() -> torch.nn.Module:
 @pytest.fixture(scope="module")
 def rollout_engine(rollout_model: torch.nn.Module) -> HFRolloutEngine:
     """The engine under test, padding with id 0."""
-    return HFRolloutEngine(rollout_model, pad_token_id=PAD)
+    return HFRolloutEngine(cast(Any, rollout_model), pad_token_id=PAD)
 
 
 def _generate(engine: HFRolloutEngine, params: SamplingParams, group_size: int = 3, seed: int = 0):
@@ -170,6 +173,90 @@ def test_decoding_stops_when_every_row_has_finished(rollout_engine: HFRolloutEng
     batch = _generate(rollout_engine, params)
     assert batch.response_ids.shape == (9, 1)
     assert batch.finished.all()
+
+
+def _reference_decode(
+    model: torch.nn.Module, prompts: torch.Tensor, mask: torch.Tensor, params: SamplingParams
+) -> dict[str, torch.Tensor]:
+    """The straightforward loop the engine must match: record and check 'all stopped' per token."""
+    n, steps, k = prompts.shape[0], params.max_new_tokens, min(params.logprobs_k, VOCAB)
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.full((n, steps), PAD)
+    logp_inf = torch.zeros((n, steps))
+    topk_ids = torch.full((n, steps, k), PAD)
+    topk_logp = torch.full((n, steps, k), float("-inf"))
+    topk_logp[..., 0] = 0.0
+    done = torch.zeros(n, dtype=torch.bool)
+    stops = torch.tensor(params.stop_token_ids, dtype=torch.int64)
+    cache = DynamicCache(config=cast(Any, model).config)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=prompts, attention_mask=mask, position_ids=positions, cache=cache)
+    for t in range(steps):
+        logp = sampling_logprobs(out.logits[:, -1], params.temperature, params.top_k, params.top_p)
+        token = sample_tokens(logp, gen)
+        ids_t, logp_t = topk_with_sampled(logp, token, k)
+        live = ~done
+        ids[:, t] = torch.where(live, token, PAD)
+        logp_inf[:, t] = torch.where(live, logp.gather(-1, token[:, None]).squeeze(-1), 0.0)
+        topk_ids[:, t] = torch.where(live[:, None], ids_t, topk_ids[:, t])
+        topk_logp[:, t] = torch.where(live[:, None], logp_t, topk_logp[:, t])
+        done = done | (live & torch.isin(token, stops))
+        if t + 1 == steps or bool(done.all()):
+            break
+        attention = torch.cat([mask, torch.ones((n, t + 1), dtype=mask.dtype)], dim=1)
+        out = model(
+            input_ids=ids[:, t : t + 1],
+            attention_mask=attention,
+            position_ids=mask.sum(-1, keepdim=True) + t,
+            cache=cache,
+        )
+    used = t + 1
+    return {
+        "response_ids": ids[:, :used],
+        "logp_inf": logp_inf[:, :used],
+        "topk_ids": topk_ids[:, :used],
+        "topk_logp": topk_logp[:, :used],
+        "finished": done,
+    }
+
+
+@pytest.mark.parametrize("check_every", [1, 3, 8])
+@pytest.mark.parametrize(
+    ("temperature", "top_k", "top_p", "logprobs_k", "stops", "max_new_tokens"),
+    [
+        (1.0, 0, 1.0, 4, (2, 3, 4, 5), 20),  # every row stops early: the length is cut
+        (0.7, 5, 0.9, 1, (2, 3, 4, 5), 20),  # k = 1: the record is the sampled token
+        (1.3, 0, 1.0, 3, (EOS,), 9),  # some rows run to the limit
+        (1.0, 0, 0.8, 12, (), 5),  # no stop token, k = V
+    ],
+)
+def test_decode_loop_equals_the_per_token_reference(
+    rollout_model: torch.nn.Module,
+    check_every: int,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    logprobs_k: int,
+    stops: tuple[int, ...],
+    max_new_tokens: int,
+) -> None:
+    """Same tokens, log-probs, top-k records, length and finished flags for the same generator."""
+    params = SamplingParams(
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        max_new_tokens=max_new_tokens,
+        stop_token_ids=stops,
+        logprobs_k=logprobs_k,
+    )
+    engine = HFRolloutEngine(cast(Any, rollout_model), PAD, done_check_every=check_every)
+    batch = engine.generate(RAGGED_PROMPTS, 4, params, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = _reference_decode(rollout_model.eval(), batch.prompt_ids, batch.prompt_mask, params)
+    if stops == (2, 3, 4, 5):
+        assert batch.response_ids.shape[1] < max_new_tokens  # the cut is exercised
+    for name, expected in ref.items():
+        assert torch.equal(getattr(batch, name), expected), name
 
 
 def test_same_seed_same_rollouts(rollout_engine: HFRolloutEngine) -> None:

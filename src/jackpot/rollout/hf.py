@@ -38,10 +38,20 @@ class _DecodeRecord(TypedDict):
 class HFRolloutEngine(RolloutEngine):
     """Batched sampling from a transformers causal LM (Qwen2, Llama, ...) with a KV cache."""
 
-    def __init__(self, model: PreTrainedModel, pad_token_id: int) -> None:
-        """Wrap ``model``; ``pad_token_id`` pads prompts (left) and finished responses (right)."""
+    def __init__(
+        self, model: PreTrainedModel, pad_token_id: int, done_check_every: int | None = None
+    ) -> None:
+        """Wrap ``model``; ``pad_token_id`` pads prompts (left) and finished responses (right).
+
+        ``done_check_every``: decode steps between checks that every row has stopped. Each
+        check is a host sync on an accelerator; on a CPU it is free, while a late check runs
+        forwards whose tokens are cut off. Default: every step on CPU, every 8 elsewhere.
+        """
+        if done_check_every is not None and done_check_every < 1:
+            raise ValueError(f"done_check_every must be >= 1 or None, got {done_check_every}")
         self.model = model
         self.pad_token_id = pad_token_id
+        self.done_check_every = done_check_every
         self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
 
     def sync_weights(self, model: nn.Module) -> None:
@@ -92,22 +102,24 @@ class HFRolloutEngine(RolloutEngine):
         params: SamplingParams,
         generator: torch.Generator,
     ) -> _DecodeRecord:
-        """Prefill, then one batched forward per new token; returns the per-token records."""
+        """Prefill, then one batched forward per new token; returns the per-token records.
+
+        The loop only samples and feeds tokens back; which positions follow a stop token is
+        worked out once at the end from the sampled tokens, and whether every row has stopped
+        is asked every ``done_check_every`` tokens (the only host sync of the loop). Steps run
+        past the last stop are cut off, so the records equal a check after every token.
+        """
         n, p = prompts.shape
         device = prompts.device
-        steps = params.max_new_tokens
         k = min(params.logprobs_k, self.vocab_size)
-        # Preallocated outputs; positions after a stop are a point mass on the pad token.
-        response_ids = torch.full((n, steps), self.pad_token_id, dtype=torch.int64, device=device)
-        logp_inf = torch.zeros((n, steps), dtype=torch.float32, device=device)
-        topk_ids = torch.full((n, steps, k), self.pad_token_id, dtype=torch.int64, device=device)
-        topk_logp = torch.full((n, steps, k), float("-inf"), dtype=torch.float32, device=device)
-        topk_logp[..., 0] = 0.0
-        response_mask = torch.zeros((n, steps), dtype=torch.int64, device=device)
+        every = self.done_check_every or (1 if device.type == "cpu" else 8)
         stop_ids = torch.tensor(params.stop_token_ids, dtype=torch.int64, device=device)
+        pad = torch.tensor(self.pad_token_id, dtype=torch.int64, device=device)
         done = torch.zeros(n, dtype=torch.bool, device=device)
         # Attention mask over prompt + all possible new tokens; sliced as the cache grows.
-        attention = torch.cat([prompt_mask, torch.ones_like(response_mask)], dim=1)  # (N, P+steps)
+        attention = torch.cat(
+            [prompt_mask, prompt_mask.new_ones((n, params.max_new_tokens))], dim=1
+        )  # (N, P + max_new_tokens)
         positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)  # (N, P) left padding -> 0
         next_position = prompt_mask.sum(-1, keepdim=True)  # (N, 1)
         cache = DynamicCache(config=self.model.config)
@@ -119,35 +131,64 @@ class HFRolloutEngine(RolloutEngine):
             use_cache=True,
             logits_to_keep=1,
         )
-        used = 0
-        for t in range(steps):
+        tokens: list[Tensor] = []  # (N,) per step, as sampled (also after a row stopped)
+        token_logp: list[Tensor] = []  # (N,) log p_inf of the sampled token
+        topk: list[tuple[Tensor, Tensor]] = []  # (N, k) ids and log-probs, when k > 1
+        for t in range(params.max_new_tokens):
             logp = sampling_logprobs(
                 out.logits[:, -1], params.temperature, params.top_k, params.top_p
             )
             token = sample_tokens(logp, generator)  # (N,)
-            ids_t, logp_t = topk_with_sampled(logp, token, k)  # (N, k) each
-            live = ~done
-            response_ids[:, t] = torch.where(live, token, self.pad_token_id)
-            logp_inf[:, t] = torch.where(live, logp.gather(-1, token[:, None]).squeeze(-1), 0.0)
-            topk_ids[:, t] = torch.where(live[:, None], ids_t, topk_ids[:, t])
-            topk_logp[:, t] = torch.where(live[:, None], logp_t, topk_logp[:, t])
-            response_mask[:, t] = live.long()
-            done = done | (live & torch.isin(token, stop_ids))
-            used = t + 1
-            if t + 1 == steps or bool(done.all()):
+            tokens.append(token)
+            token_logp.append(logp.gather(-1, token[:, None]).squeeze(-1))
+            if k > 1:  # k == 1 is the sampled token itself: nothing more to record
+                topk.append(topk_with_sampled(logp, token, k))
+            fed = torch.where(done, pad, token)  # rows that stopped before t are fed padding
+            done = done | torch.isin(token, stop_ids)
+            if t + 1 == params.max_new_tokens or ((t + 1) % every == 0 and bool(done.all())):
                 break
             out = self.model(
-                input_ids=response_ids[:, t : t + 1],
+                input_ids=fed[:, None],
                 attention_mask=attention[:, : p + t + 1],
                 position_ids=next_position + t,
                 cache=cache,
                 use_cache=True,
             )
+        return self._records(tokens, token_logp, topk, stop_ids)
+
+    def _records(
+        self,
+        tokens: list[Tensor],
+        token_logp: list[Tensor],
+        topk: list[tuple[Tensor, Tensor]],
+        stop_ids: Tensor,
+    ) -> _DecodeRecord:
+        """Mask the decode loop's raw per-step outputs: after a row's stop, a point mass on pad.
+
+        The length is cut at the first step after which every row had stopped.
+        """
+        sampled = torch.stack(tokens, dim=1)  # (N, T)
+        stopped = torch.isin(sampled, stop_ids).cumsum(-1) > 0  # (N, T) stop at or before t
+        live = torch.cat([torch.ones_like(stopped[:, :1]), ~stopped[:, :-1]], dim=1)  # (N, T)
+        all_stopped = stopped.all(0).nonzero()
+        used = int(all_stopped[0]) + 1 if len(all_stopped) else sampled.shape[1]
+        live = live[:, :used]
+        response_ids = torch.where(live, sampled[:, :used], self.pad_token_id)
+        logp_inf = torch.where(live, torch.stack(token_logp, dim=1)[:, :used], 0.0)
+        if topk:
+            ids = torch.stack([i for i, _ in topk], dim=1)[:, :used]  # (N, T, k)
+            logp_k = torch.stack([lp for _, lp in topk], dim=1)[:, :used]
+            dead = torch.full_like(logp_k[0, 0], float("-inf"))
+            dead[0] = 0.0  # a point mass on the pad token in slot 0
+            topk_ids = torch.where(live[..., None], ids, self.pad_token_id)
+            topk_logp = torch.where(live[..., None], logp_k, dead)
+        else:
+            topk_ids, topk_logp = response_ids[..., None], logp_inf[..., None]
         return {
-            "response_ids": response_ids[:, :used],
-            "response_mask": response_mask[:, :used],
-            "logp_inf": logp_inf[:, :used],
-            "topk_ids": topk_ids[:, :used],
-            "topk_logp": topk_logp[:, :used],
-            "finished": done,
+            "response_ids": response_ids,
+            "response_mask": live.long(),
+            "logp_inf": logp_inf,
+            "topk_ids": topk_ids,
+            "topk_logp": topk_logp,
+            "finished": stopped[:, used - 1],
         }
