@@ -23,6 +23,7 @@ from jackpot.rollout.files import (
 )
 from jackpot.rollout.hf import HFRolloutEngine
 from jackpot.rollout.io import load_rollouts, read_rollout_info, save_rollouts
+from jackpot.tasks.synthetic import make_task
 from jackpot.training.checkpoints import load_checkpoint_file
 from jackpot.training.csv_logger import read_metrics
 
@@ -193,3 +194,50 @@ def test_corrupt_files_raise_format_errors_naming_the_file(
     cfg = load_config(DEFAULT_CONFIG, offline(tmp_path / "run", warmstart_cache, tmp_path / "bad"))
     with pytest.raises(RolloutFormatError, match="x.safetensors: logp_inf"):
         run(cfg)
+
+
+def test_files_of_another_task_are_refused_unless_allowed(
+    tmp_path: Path, rollout_dir: Path
+) -> None:
+    batch = load_rollouts(rollout_dir / "step-001.safetensors")
+    sort = replace(batch, metadata={**batch.metadata, "source": "synthetic:sort:train"})
+    save_rollouts(sort, tmp_path / "sort" / "x.safetensors")
+    overrides = offline(tmp_path / "run", tmp_path, tmp_path / "sort")  # an addition run
+    with pytest.raises(ConfigError, match=r"source='synthetic:sort:train'.*allow_task_mismatch"):
+        load_config(DEFAULT_CONFIG, overrides)
+    cfg = load_config(DEFAULT_CONFIG, [*overrides, "rollout.allow_task_mismatch=true"])
+    assert cfg.rollout.allow_task_mismatch
+    evals = replace(batch, metadata={**batch.metadata, "source": "synthetic:addition:eval"})
+    save_rollouts(evals, tmp_path / "eval" / "x.safetensors")
+    with pytest.raises(ConfigError, match="trains on 'synthetic:addition:train'"):
+        load_config(DEFAULT_CONFIG, offline(tmp_path / "run", tmp_path, tmp_path / "eval"))
+    unknown = replace(batch, metadata={})  # another engine's file records no source: not checked
+    save_rollouts(unknown, tmp_path / "other" / "x.safetensors")
+    load_config(DEFAULT_CONFIG, offline(tmp_path / "run", tmp_path, tmp_path / "other"))
+
+
+def test_generate_from_the_run_config_with_offsets(
+    tmp_path: Path, warmstart_cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``generate --config`` takes task, model, warm start and sampling from the run's config;
+    ``--offset`` gives each file other prompts; the files then pass the run's checks."""
+    overrides = tiny_overrides(tmp_path / "run", warmstart_cache)
+    base = ["generate", "--config", str(DEFAULT_CONFIG)]
+    for step, offset in ((0, 0), (1, 4)):
+        out = tmp_path / "files" / f"step-{step:03d}.safetensors"
+        argv = [*base, "--out", str(out), "--offset", str(offset), *overrides]
+        assert rollout_main(argv) == 0, capsys.readouterr().err
+    first, second = (load_rollouts(p) for p in sorted((tmp_path / "files").iterdir()))
+    cfg = load_config(DEFAULT_CONFIG, overrides)
+    assert first.num_sequences == cfg.rollout.prompts_per_step * cfg.rollout.group_size
+    assert first.params.max_new_tokens == cfg.rollout.max_new_tokens == 3
+    assert first.metadata["source"] == "synthetic:addition:train"
+    assert first.prompts is not None and second.prompts is not None
+    assert not set(first.prompts) & set(second.prompts)  # different prompts per step
+    train = make_task(cfg.task.spec()).train
+    assert sorted(set(second.prompts)) == sorted(e.prompt for e in train[4:8])
+    load_config(DEFAULT_CONFIG, offline(tmp_path / "run", warmstart_cache, tmp_path / "files"))
+    # With --config, the flags that would contradict it are refused.
+    bad = [*base, "--out", str(tmp_path / "x.safetensors"), "--task", "sort", *overrides]
+    assert rollout_main(bad) == 2
+    assert "--task cannot be combined with --config" in capsys.readouterr().err
