@@ -1,8 +1,9 @@
-"""``python -m benchmarks.run [--quick] [--out DIR] [--threads N]``: all three sections.
+"""``python -m benchmarks.run [--quick] [--out DIR] [--threads N] [--old-src DIR]``: all sections.
 
-Runs the normaliser, sampler-overhead and end-to-end sections (each measurement in fresh
-subprocesses), checks the issue's targets, and writes ``bench.json`` (every figure, machine
-facts) and ``bench.md`` (tables, ratios against the same run's baselines) to ``--out``.
+Runs the normaliser, sampler-overhead, end-to-end and memory sections (each measurement in
+fresh subprocesses), checks the issue's targets, and writes ``bench.json`` (every figure,
+machine facts) and ``bench.md`` (tables, ratios against the same run's baselines) to
+``--out``, and the memory section's ``memory.json`` / ``memory.md`` beside them.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import e2e, normalizer, overhead
+from benchmarks import e2e, memory, normalizer, overhead
 from benchmarks.common import ROOT, machine_info
 from benchmarks.report import render, targets
 
@@ -30,6 +31,7 @@ FULL: dict[str, dict[str, Any]] = {
         "steps": 4,
         "runs": 2,
     },
+    "memory": memory.FULL,
 }
 """Sizes of the real run: Qwen-like vocabularies, a rollout model ~10x cheaper to sample."""
 
@@ -44,6 +46,7 @@ QUICK: dict[str, dict[str, Any]] = {
         "steps": 3,
         "runs": 1,
     },
+    "memory": memory.QUICK,
 }
 """Tiny sizes of the smoke run (``--quick``): checks the plumbing, not the speed."""
 
@@ -52,7 +55,13 @@ def run_all(sizes: dict[str, dict[str, Any]], quick: bool) -> dict[str, Any]:
     """Every section at ``sizes``; the result dict that ``bench.json`` holds."""
     start = time.perf_counter()
     results: dict[str, Any] = {"quick": quick, "machine": machine_info(), "sizes": sizes}
-    for name, section in (("normalizer", normalizer), ("overhead", overhead), ("e2e", e2e)):
+    sections = (
+        ("normalizer", normalizer),
+        ("overhead", overhead),
+        ("e2e", e2e),
+        ("memory", memory),
+    )
+    for name, section in sections:
         t0, load0 = time.perf_counter(), os.getloadavg()[0]
         print(f"[bench] {name} {sizes[name]} ...", flush=True)
         results[name] = section.run(**sizes[name])
@@ -70,23 +79,27 @@ def run_all(sizes: dict[str, dict[str, Any]], quick: bool) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """Parse the arguments, run the sections, write ``bench.json`` and ``bench.md``."""
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
-    p.add_argument("--quick", action="store_true", help="tiny sizes: a < 90 s smoke run")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of a few minutes")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "results", help="output folder")
     p.add_argument("--threads", type=int, help="torch CPU threads of every worker")
+    p.add_argument("--old-src", help="memory section: also measure this checkout's src/")
     args = p.parse_args(argv)
     if args.threads:
         import torch
 
         os.environ["BENCH_THREADS"] = str(args.threads)  # read by every worker
         torch.set_num_threads(args.threads)  # so machine_info reports it
-    results = run_all(QUICK if args.quick else FULL, args.quick)
+    sizes = QUICK if args.quick else FULL
+    results = run_all({**sizes, "memory": {**sizes["memory"], "old_src": args.old_src}}, args.quick)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench.json").write_text(json.dumps(results, indent=1) + "\n")
     (args.out / "bench.md").write_text(render(results))
+    command = "python -m benchmarks.run" + (" --quick" if args.quick else "")
+    memory.write({**results["memory"], "machine": results["machine"], "command": command}, args.out)
     for t in results["targets"]:
         status = {None: "n/a", True: "met", False: "missed"}[t["met"]]
         print(f"[bench] {t['target']}: {status} ({t['measured']})")
-    print(f"[bench] wrote {args.out / 'bench.json'} and {args.out / 'bench.md'}")
+    print(f"[bench] wrote bench.json, bench.md, memory.json and memory.md to {args.out}")
     return 0
 
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
+from benchmarks import memory
+from benchmarks.assets import AssetSpec, build_assets, build_tokenizer
 from benchmarks.e2e import KEYS, amdahl, summarize
 from benchmarks.report import render, targets
 
@@ -130,3 +134,111 @@ def test_report_has_every_section_the_targets_and_the_skipped_point() -> None:
     sections = md.split("\n## ")[1:]
     rows = [sum(line.startswith("| ") for line in sec.splitlines()) - 2 for sec in sections]
     assert rows == [3, 2, 2, 2]  # targets, normaliser variants, samplers, e2e modes
+
+
+# ----------------------------------------------------------------------------- memory section
+
+
+def _mem_point(n: int, peak: float) -> dict[str, Any]:
+    return {
+        "n": n,
+        "peak_rss_mib": peak,
+        "parent_peak_mib": 15.0,
+        "step_s": n / 8,
+        "response_length": 32.0,
+        "loadavg": [2.0, 3.0],
+        "available_mib": 20000.0,
+    }
+
+
+def _mem_result() -> dict[str, Any]:
+    """New path at every size; old path measured at 32 and 64, skipped at 128, not run at 256."""
+    results = {
+        "new": [_mem_point(32, 1000.0), _mem_point(64, 1100.0), _mem_point(128, 1200.0)],
+        "old": [_mem_point(32, 3000.0), _mem_point(64, 6000.0)],
+    }
+    results["new"].append(_mem_point(256, 1400.0))
+    results["old"].append({"n": 128, "skipped": "needs 12 GiB"})
+    return {
+        "sizes": [32, 64, 128, 256],
+        "new_tokens": 32,
+        "steps": 1,
+        "warmup_steps": 1,
+        "vocab": 151_936,
+        "group_size": 8,
+        "micro_batch_size": 8,
+        "assets": {
+            "spec": {"policy": [64, 2, 4], "rollout": [32, 2, 2]},
+            "tokenizer_len": 151_936,
+            "tokenizer_class": "Qwen2Tokenizer",
+            "prompt_tokens": [8, 8],
+        },
+        "overrides": ["algo.mode=decoupled"],
+        "code": {"new": {"commit": "a" * 40, "dirty": False}, "old": {"commit": "b" * 40}},
+        **memory.summarize(results),
+    }
+
+
+def test_memory_extrapolates_peaks_linearly_and_proportionally_from_one_point() -> None:
+    assert math.isnan(memory.predict_peak([], 64))
+    assert memory.predict_peak([(32, 1000.0)], 64) == pytest.approx(2000.0)
+    assert memory.predict_peak([(32, 3000.0), (64, 6000.0)], 128) == pytest.approx(12000.0)
+
+
+def test_memory_summary_ratios_and_goal_at_the_largest_n() -> None:
+    res = _mem_result()
+    new = res["paths"]["new"]["points"]
+    assert [p["ratio"] for p in new] == pytest.approx([1.0, 1.1, 1.2, 1.4])
+    assert res["goal"]["met"] is True and res["goal"]["value"] == pytest.approx(1.4)
+    too_big = memory.summarize({"new": [_mem_point(32, 1000.0), _mem_point(256, 1600.0)]})
+    assert too_big["goal"]["met"] is False
+
+
+def test_memory_report_shows_both_paths_skipped_and_unrun_sizes() -> None:
+    md = memory.render(_mem_result())
+    assert "**met**" in md and "1.40x" in md
+    rows = [line for line in md.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) == 5  # header + 4 sizes
+    assert rows[3].count("skipped") == 1 and rows[4].count("not run") == 1
+    assert "`old` at N = 128 was skipped: needs 12 GiB." in md
+    assert "every response ran to the limit" in md
+    assert "| 256 | 4.64 | 1,400 | 1.40x | 32.0 | 2-3 | not run |" in md  # 256 x 32 x 151,936 x 4 B
+
+
+def test_memory_reuses_old_figures_only_from_the_same_settings() -> None:
+    res, earlier = _mem_result(), _mem_result()
+    del res["paths"]["old"]
+    memory.reuse_old(res, earlier)
+    assert [p["n"] for p in res["paths"]["old"]["points"]] == [32, 64, 128]
+    earlier["new_tokens"] = 16
+    with pytest.raises(ValueError, match="new_tokens"):
+        memory.reuse_old(res, earlier)
+
+
+def test_memory_run_overrides_name_the_batch_and_micro_batch() -> None:
+    out = memory.run_overrides(["policy.path=/p"], 64, 32, 1, micro=8)
+    assert "rollout.prompts_per_step=8" in out and "trainer.micro_batch_size=8" in out
+    assert not any(o.startswith("trainer.micro") for o in memory.run_overrides([], 64, 32, 1, None))
+    with pytest.raises(ValueError, match="multiple of the group size"):
+        memory.run_overrides([], 60, 32, 1, None)
+
+
+def test_assets_tokenizer_loads_as_qwen2_with_the_same_ids(tmp_path: Path) -> None:
+    from jackpot.models import check_same_vocab, load_tokenizer
+
+    spec = AssetSpec(vocab_size=300, policy=(16, 1, 2), rollout=(8, 1, 2), num_examples=10)
+    assets = build_assets(tmp_path / "assets", spec)
+    assert build_assets(tmp_path / "assets", spec) == assets  # reused, not rebuilt
+    policy, rollout = load_tokenizer(assets.policy), load_tokenizer(assets.rollout)
+    check_same_vocab(rollout, policy)
+    assert type(policy).__name__ == "Qwen2Tokenizer" and len(policy) == 300
+    assert policy.eos_token_id == policy.pad_token_id == 299
+    text = "héllo wörld 12 ab\n"
+    assert policy.encode(text) == build_tokenizer(300).encode(text)
+    assert policy.decode(policy.encode(text)) == text
+    prompt = json.loads(assets.task.read_text().splitlines()[0])["prompt"]
+    assert len(prompt.split()) == spec.prompt_words
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "keep.txt").write_text("not ours")
+    with pytest.raises(FileExistsError):
+        build_assets(tmp_path / "other", spec)
