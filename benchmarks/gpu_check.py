@@ -74,8 +74,9 @@ GPU: dict[str, Any] = {
     "micro_batch_size": 16,
     "fit_steps": 3,
     "speed_steps": 4,
+    "vllm": ["rollout.vllm.dtype=bfloat16"],
 }
-"""Sizes of the real check on one GPU."""
+"""Sizes of the real check on one GPU (vLLM in the trainer's precision, 30 % of the GPU)."""
 
 DRY: dict[str, Any] = {
     "device": "cpu",
@@ -90,8 +91,8 @@ DRY: dict[str, Any] = {
     },
     "assets": {
         "vocab_size": 512,
-        "policy": (64, 2, 4),
-        "rollout": (32, 1, 4),
+        "policy": (64, 2, 2),  # head size 32: the smallest vLLM's CPU attention takes
+        "rollout": (32, 1, 1),
         "max_positions": 64,
         "num_examples": 64,
     },
@@ -100,6 +101,11 @@ DRY: dict[str, Any] = {
     "micro_batch_size": 4,
     "fit_steps": 2,
     "speed_steps": 2,
+    "vllm": [
+        "rollout.vllm.dtype=float32",
+        "rollout.vllm.gpu_memory_utilization=0.05",
+        "rollout.vllm.enforce_eager=true",
+    ],
 }
 """Tiny sizes of ``--dry-run`` (CPU): every code path of the real check, in seconds."""
 
@@ -274,8 +280,7 @@ def vllm_skip_reason() -> str | None:
 
 
 def _vllm_speed(ctx: Context, limit: float, save: Callable[[dict[str, Any]], None]) -> Any:
-    dtype = "bfloat16" if ctx.sizes["precision"].startswith("bf16") else "float32"
-    return _speed(ctx, limit, save, ["rollout.engine=vllm", f"rollout.vllm.dtype={dtype}"])
+    return _speed(ctx, limit, save, ["rollout.engine=vllm", *ctx.sizes["vllm"]])
 
 
 PARTS: tuple[Part, ...] = (
