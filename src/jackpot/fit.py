@@ -183,7 +183,7 @@ def run(cfg: Any) -> RunResult:
     trainer = L.Trainer(
         accelerator=cfg.trainer.accelerator,
         devices=cfg.trainer.devices,
-        strategy=cfg.trainer.strategy,
+        strategy=_strategy(cfg, module),
         precision=cfg.trainer.precision,
         max_epochs=cfg.trainer.max_steps,
         logger=loggers,
@@ -264,6 +264,15 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings(
         "ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning
     )
+
+
+def _strategy(cfg: Any, module: Any) -> Any:
+    """``trainer.strategy`` for the Trainer: FSDP shards both models layer by layer."""
+    if cfg.trainer.strategy != "fsdp":
+        return cfg.trainer.strategy
+    from jackpot.training.sharding import fsdp_strategy
+
+    return fsdp_strategy([module.policy, module.rollout_model])
 
 
 def parser(prog: str = "python -m jackpot.fit") -> argparse.ArgumentParser:

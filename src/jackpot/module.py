@@ -57,6 +57,7 @@ from jackpot.step import (
     token_logp,
 )
 from jackpot.tasks.synthetic import Example
+from jackpot.training.sharding import clip_grad_norm
 
 __all__ = ["JackpotModule", "NonFiniteError"]
 
@@ -568,8 +569,9 @@ class JackpotModule(L.LightningModule):
         """Clip and step every optimiser on the accumulated gradient, or skip a bad update."""
         ok = finite
         if ok:
+            reduce = self._shard_sum()
             norms = [
-                torch.nn.utils.clip_grad_norm_(model.parameters(), oc.grad_clip)
+                clip_grad_norm(model.parameters(), oc.grad_clip, reduce)
                 for model, oc in self._trained_models()
             ]
             for (model, _), norm in zip(self._trained_models(), norms, strict=True):
@@ -591,6 +593,15 @@ class JackpotModule(L.LightningModule):
                 f"{self.nonfinite_streak} consecutive updates had a non-finite loss or gradient "
                 f"(algo.max_nonfinite_skips={self.cfg.algo.max_nonfinite_skips}); stopping"
             )
+
+    def _shard_sum(self) -> Callable[[Tensor], Tensor] | None:
+        """Sum over ranks when each holds a shard of the gradients (FSDP), else None."""
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        strategy = self.trainer.strategy
+        if not isinstance(strategy, FSDPStrategy):
+            return None
+        return lambda t: cast(Tensor, strategy.reduce(t, reduce_op="sum"))
 
     def _trained_models(self) -> list[tuple[nn.Module, Any]]:
         out = [(self.policy, self.cfg.policy_optim)]
