@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     if command == "rollout":
         from jackpot.rollout.__main__ import main as rollout_main
 
-        return int(rollout_main(rest) or 0)
+        return int(rollout_main(rest, prog="jackpot rollout") or 0)
     if command == "compare":
         from jackpot.experiments.compare import main as compare_main
 

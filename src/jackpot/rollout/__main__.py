@@ -1,4 +1,4 @@
-"""python -m jackpot.rollout: generate, inspect and benchmark rollout files.
+"""Generate, inspect and benchmark rollout files (python -m jackpot.rollout, jackpot rollout).
 
 generate  roll out the rollout model of a run config (--config, as for fit) on its task's
           train split, score, write a file; without --config, a tiny model from flags
@@ -74,10 +74,10 @@ def _add_flags(
         group.add_argument(flag, default=default if defaults else argparse.SUPPRESS, **options)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m jackpot.rollout") -> argparse.ArgumentParser:
     """The argparse parser with the three sub-commands."""
     parser = argparse.ArgumentParser(
-        prog="python -m jackpot.rollout",
+        prog=prog,
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -347,9 +347,9 @@ def cmd_bench(args: argparse.Namespace) -> None:
         print(f"{name:20s} {best * 1000:8.1f} ms  {tokens / best:9.0f} tokens/s")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str = "python -m jackpot.rollout") -> int:
     """Entry point; returns the exit code (2 for bad input)."""
-    parser = build_parser()
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     command = {"generate": cmd_generate, "inspect": cmd_inspect, "bench": cmd_bench}
     try:
