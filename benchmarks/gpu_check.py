@@ -28,6 +28,7 @@ import argparse
 import datetime
 import json
 import math
+import resource
 import subprocess
 import sys
 import tempfile
@@ -321,7 +322,7 @@ def run_part(ctx: Context, part: Part) -> dict[str, Any]:
         "status": "running",
     }
     reason = _skip_reason(ctx, part)
-    start = time.monotonic()
+    start, cpu_start = time.monotonic(), _children_cpu_s()
 
     def save(result: dict[str, Any]) -> None:
         record["result"] = result
@@ -340,8 +341,15 @@ def run_part(ctx: Context, part: Part) -> dict[str, Any]:
         except Exception as exc:  # a part's crash is its result; the next part still runs
             record.update(status="error", reason=type(exc).__name__, log_tail=_tail(exc))
     record["elapsed_s"] = time.monotonic() - start
+    record["cpu_s"] = _children_cpu_s() - cpu_start
     write(ctx, record)
     return record
+
+
+def _children_cpu_s() -> float:
+    """CPU seconds (user + system) of this process's finished subprocesses so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _skip_reason(ctx: Context, part: Part) -> str | None:
@@ -526,12 +534,14 @@ def render(ctx: Context) -> str:
                 part.title,
                 rec.get("status", "not run"),
                 "" if elapsed is None else f"{elapsed:.1f}",
+                f"{rec['cpu_s']:.1f}" if "cpu_s" in rec else "",
                 f"{rec.get('limit_s', DRY_LIMIT_S if ctx.dry else part.limit_s):.0f}",
                 f"{part.estimate_s:.0f}",
                 rec.get("reason", ""),
             ]
         )
     total = INSTALL_ESTIMATE_S + sum(p.estimate_s for p in PARTS)
+    header = ["part", "what", "status", "time (s)", "CPU (s)", "limit (s)", "GPU estimate (s)"]
     lines = [
         f"# jackpot GPU check: {mode}",
         "",
@@ -541,8 +551,12 @@ def render(ctx: Context) -> str:
         f"{INSTALL_ESTIMATE_S:.0f} s of installs.",
         "",
         *_table(
-            ["part", "what", "status", "time (s)", "limit (s)", "GPU estimate (s)", "note"], rows
+            [*header, "note"],
+            rows,
         ),
+        "",
+        "`CPU (s)`: user + system seconds of the part's processes (on a shared machine the wall "
+        "time overstates the work).",
     ]
     for part in PARTS:
         if part.number not in ctx.records:
@@ -597,8 +611,8 @@ def main(argv: list[str] | None = None) -> int:
             rec = run_part(ctx, part)
             print(
                 f"[gpu_check] part {part.number} {part.key}: {rec['status']} in "
-                f"{rec['elapsed_s']:.1f} s (GPU estimate {part.estimate_s:.0f} s)"
-                + (f": {rec['reason']}" if rec.get("reason") else ""),
+                f"{rec['elapsed_s']:.1f} s, {rec['cpu_s']:.1f} s CPU (GPU estimate "
+                f"{part.estimate_s:.0f} s)" + (f": {rec['reason']}" if rec.get("reason") else ""),
                 flush=True,
             )
     print(f"[gpu_check] wrote {args.out / 'summary.md'}")
