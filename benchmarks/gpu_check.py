@@ -10,9 +10,9 @@ still reports what finished:
    lambda, Z and weights on the device against CPU for the same float64 inputs;
 3. a short ``python -m jackpot.fit`` run in ``bf16-mixed``: decoupled, top-k OBRS, rollout
    model trained; finite losses, acceptance at the budget, peak GPU memory;
-4. the decoupled speed-up: on-policy vs decoupled RL step with a random-init ~0.5B Qwen2
-   policy (Qwen2.5-0.5B's shape) and a ~4.6x smaller rollout model, vocabulary 151,936,
-   512 new tokens; step time, rollout share, ratio (as ``docs/results/bench.md``);
+4. the decoupled speed-up: on-policy vs decoupled RL step with a random-init 0.44B Qwen2
+   policy (Qwen2.5-0.5B's width and depth) and a 4.3x smaller rollout model, vocabulary
+   151,936, 512 new tokens; step time, rollout share, ratio (as ``docs/results/bench.md``);
 5. the same with ``rollout.engine=vllm`` and its weight-sync time, when vLLM is installed
    and the config has that key (skipped with the reason otherwise).
 
@@ -291,11 +291,11 @@ PARTS: tuple[Part, ...] = (
     Part(4, "speedup", "Decoupled speed-up, transformers engine", 300, 110, _hf_speed),
     Part(5, "vllm", "Decoupled speed-up, vLLM engine", 240, 150, _vllm_speed),
 )
-"""The parts in run order. GPU estimates, reasoned (no GPU has run them yet): ~10 s to import
+"""The parts in run order. GPU estimates, reasoned from the sizes (not measured): ~10 s to import
 torch, transformers and Lightning per process; part 2 is mostly float64 work on CPU; part 3
 builds the models (~15 s), then 3 steps and a 6.5 GB final checkpoint; part 4 decodes 512
-tokens at ~10 ms per token through the policy's 24 layers (~5 s per on-policy rollout, a
-third of it through the rollout model's 6) plus ~2 s of training per step, 4 steps per mode;
+tokens at ~10 ms per token through the policy's 24 layers (~5 s per on-policy rollout, about
+a quarter of that through the rollout model's 6) plus ~2 s of training per step, 4 steps;
 part 5 adds two vLLM engine start-ups with CUDA-graph capture."""
 
 
@@ -304,9 +304,12 @@ part 5 adds two vLLM engine start-ups with CUDA-graph capture."""
 
 def _tail(exc: BaseException) -> str:
     """The last lines of a worker's output carried by its exception."""
-    if isinstance(exc, subprocess.TimeoutExpired):
-        text = (exc.stdout or b"") + (exc.stderr or b"")  # bytes even in text mode on timeout
-        return (text.decode(errors="replace") if isinstance(text, bytes) else text)[-3000:]
+    if isinstance(exc, subprocess.TimeoutExpired):  # its output can be bytes in text mode
+        streams = (exc.stdout, exc.stderr)
+        text = "".join(
+            t.decode(errors="replace") if isinstance(t, bytes) else t or "" for t in streams
+        )
+        return text[-3000:]
     return str(exc)[-3000:]
 
 
