@@ -12,14 +12,23 @@ from jackpot.config import ConfigError
 from jackpot.experiments.compare import (
     CompareConfig,
     MethodConfig,
+    _repo_relative,
     load_compare_config,
+    main,
     markdown_table,
+    paired_comparisons,
+    quick_config,
     run_comparison,
 )
 from jackpot.experiments.summary import (
     collapse_step,
+    cumulative_time,
+    gpu_rollout_scale,
+    paired_comparison,
+    spread,
     summarise_method,
     summarise_run,
+    time_to_reach,
 )
 
 from .conftest import ROOT, tiny_overrides
@@ -55,25 +64,118 @@ def test_summarise_run_and_method() -> None:
     )
     rows[1]["obrs/accept_rate"] = 0.9
     rows[2]["obrs/accept_rate"] = 0.8
-    run = summarise_run(rows, wall_s=10.0, collapse_frac=0.5)
-    assert run.final_accuracy == 0.5 and run.best_accuracy == 0.5
-    assert run.kl_k3 == pytest.approx(0.1)
+    rows[0]["mismatch/kl_k3"] = 0.4
+    run = summarise_run(rows, wall_s=10.0, collapse_frac=0.5, target=0.3, rollout_scale=3.0)
+    assert run.final_accuracy == 0.5 and run.best_accuracy == 0.5 and run.first_accuracy == 0.2
+    assert run.kl_k3 == pytest.approx(0.2)
+    assert (run.kl_k3_start, run.kl_k3_end) == (0.4, pytest.approx(0.1))
     assert run.acceptance == pytest.approx(0.85)
-    assert run.rollout_share == pytest.approx(0.25)
+    assert run.rollout_share == pytest.approx(0.25) and run.train_s == pytest.approx(6.0)
+    assert run.time_to_target_s == pytest.approx(4.0)  # reached at step 1, 2 x 2 s
+    assert run.train_s_gpu == pytest.approx(3 * (0.5 * 3 + 1.5))
+    assert run.time_to_target_gpu_s == pytest.approx(2 * (0.5 * 3 + 1.5))
     assert math.isnan(run.kl_k3_after) and math.isnan(run.final_pass_at_k)
-    other = summarise_run(_rows([0.1, 0.3, 0.1]), wall_s=20.0, collapse_frac=0.5)
+    other = summarise_run(_rows([0.1, 0.3, 0.1]), wall_s=20.0, collapse_frac=0.5, target=0.4)
     assert other.acceptance != other.acceptance  # no keep/accept rate logged: NaN
+    assert math.isnan(other.time_to_target_s) and math.isnan(other.train_s_gpu)
     method = summarise_method("m", [run, other])
-    assert method.accuracy[0] == pytest.approx(0.3)
-    assert method.accuracy[1] == pytest.approx(math.sqrt(0.08))  # sample std of 0.5, 0.1
+    assert method.accuracy.mean == pytest.approx(0.3)
+    assert method.accuracy.std == pytest.approx(math.sqrt(0.08))  # sample std of 0.5, 0.1
+    # 95 % t-interval with 1 degree of freedom: t = 12.706
+    assert method.accuracy.ci95 == pytest.approx(12.7062 * math.sqrt(0.08) / math.sqrt(2), 1e-4)
     assert method.collapsed == 1 and method.collapse_steps == (2.0,)
+    assert method.reached == 1 and method.time_to_target_s.mean == pytest.approx(4.0)
     assert method.wall_s == pytest.approx(15.0)
-    table = markdown_table([method], _cfg_for_table(), 60.0)
-    assert "| `m` | 0.300 ± 0.283 | +0.000 |" in table and "1/2 (2)" in table
+    table = markdown_table([method], [], _cfg_for_table(), 60.0, 30.0, 3.0)
+    assert "| `m` | 0.150 ± 0.635 | 0.300 ± 2.541 |" in table and "1/2 (2)" in table
+    assert "4 ± nan" not in table and "| 4 s (1/2) |" in table and "multiplied by 3.00" in table
+
+
+def test_spread_is_a_t_interval() -> None:
+    s = spread([1.0, 2.0, 3.0, math.nan])
+    assert (s.mean, s.std, s.n) == (2.0, 1.0, 3)
+    assert s.ci95 == pytest.approx(4.302653 / math.sqrt(3), 1e-6)  # t(0.975, df=2)
+    one = spread([0.4])
+    assert (one.mean, one.std, one.n) == (0.4, 0.0, 1) and math.isnan(one.ci95)
+    assert spread([]).n == 0 and math.isnan(spread([]).mean)
+
+
+def test_paired_comparison_pairs_seeds_and_tests_the_differences() -> None:
+    a = {0: 0.5, 1: 0.6, 2: 0.7, 9: 0.9}  # seed 9 has no partner: left out
+    b = {0: 0.4, 1: 0.4, 2: 0.6}
+    p = paired_comparison("x", "y", "final_accuracy", a, b)
+    assert p.n == 3 and p.diff.mean == pytest.approx(0.4 / 3)
+    # differences 0.1, 0.2, 0.1: t = 4 with 2 df, two-sided p = 1 - 4 / sqrt(18)
+    assert p.p_ttest == pytest.approx(1 - 4 / math.sqrt(18), 1e-6)
+    up = {s: 0.1 * s for s in range(5)}
+    down = {s: 0.1 * s - 0.1 * (s + 1) for s in range(5)}  # differences 0.1 ... 0.5
+    w = paired_comparison("x", "y", "final_accuracy", up, down)
+    assert w.p_wilcoxon == pytest.approx(2 / 32)  # exact: all 5 signs positive
+    same = paired_comparison("x", "y", "final_accuracy", b, b)
+    assert same.diff.mean == 0 and math.isnan(same.p_ttest) and math.isnan(same.p_wilcoxon)
+
+
+def test_gpu_projection_makes_rollouts_the_share_of_an_on_policy_step() -> None:
+    rows = _rows([0.2, 0.3], **{"perf/step_s": 2.0, "perf/rollout_share": 0.25})
+    scale = gpu_rollout_scale([rows], 0.8)
+    assert scale == pytest.approx(0.8 / 0.2 * 1.5 / 0.5)
+    step_time = cumulative_time(rows, scale)[0][1]
+    assert 0.5 * scale / step_time == pytest.approx(0.8)
+    assert math.isnan(gpu_rollout_scale([_rows([0.1])], 0.8))  # no timings logged
+    with pytest.raises(ValueError, match="share"):
+        gpu_rollout_scale([rows], 1.0)
+
+
+def test_time_to_reach_is_the_first_evaluation_at_the_target() -> None:
+    acc = [(9.0, 0.3), (19.0, 0.5), (29.0, 0.45)]
+    times = [(float(s), 2.0 * (s + 1)) for s in range(30)]
+    assert time_to_reach(acc, times, 0.45) == 40.0
+    assert math.isnan(time_to_reach(acc, times, 0.9))
+
+
+def test_paired_comparisons_cover_every_method_against_each_baseline() -> None:
+    cfg = CompareConfig(
+        methods={m: MethodConfig() for m in ("on_policy", "tis", "jackpot")},
+        paired_against=["on_policy", "tis"],
+        seeds=[0, 1],
+    )
+    rows = {
+        (m, s): summarise_run(_rows([0.1 * s, v + 0.1 * s]), 1.0, 0.5)
+        for m, v in (("on_policy", 0.5), ("tis", 0.4), ("jackpot", 0.45))
+        for s in (0, 1)
+    }
+    pairs = {(p.method, p.against, p.metric): p for p in paired_comparisons(cfg, rows)}
+    assert len(pairs) == 2 * 2 * 2  # 2 others per baseline, final and best accuracy
+    assert pairs[("jackpot", "tis", "final_accuracy")].diff.mean == pytest.approx(0.05)
+    assert pairs[("tis", "on_policy", "best_accuracy")].diff.mean == pytest.approx(-0.1)
+
+
+def test_quick_config_keeps_the_reference_and_jackpot_for_one_seed() -> None:
+    cfg = CompareConfig(
+        methods={m: MethodConfig() for m in ("on_policy", "none", "tis", "jackpot")},
+        paired_against=["on_policy", "tis"],
+        out="runs/x",
+    )
+    quick = quick_config(cfg)
+    assert list(quick.methods) == ["on_policy", "jackpot"] and quick.seeds == [0]
+    assert quick.paired_against == ["on_policy"] and quick.out == str(Path("runs/x/quick"))
+    assert quick.runs_dir == cfg.runs_dir  # the full grid reuses the quick runs
+
+
+def test_results_name_paths_relative_to_the_repository(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)
+    inside, outside = str(ROOT / "configs" / "tis.yaml"), "/elsewhere/x.yaml"
+    value = {"methods": {"tis": {"config": inside}}, "out": [outside, "runs/a"]}
+    assert _repo_relative(value) == {
+        "methods": {"tis": {"config": str(Path("configs/tis.yaml"))}},
+        "out": [outside, "runs/a"],
+    }
 
 
 def _cfg_for_table() -> CompareConfig:
-    return CompareConfig(methods={"m": MethodConfig()}, reference="m", seeds=[0, 1])
+    return CompareConfig(
+        methods={"m": MethodConfig()}, reference="m", paired_against=[], seeds=[0, 1]
+    )
 
 
 def _write_compare_config(tmp_path: Path, cache: Path, **extra: str) -> Path:
@@ -96,12 +198,30 @@ def _write_compare_config(tmp_path: Path, cache: Path, **extra: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("name", ["compare", "compare_noclip"])
-def test_the_shipped_comparison_configs_load_every_method(name: str) -> None:
+@pytest.mark.parametrize("name", ["compare_paperlike", "compare_extreme"])
+def test_the_shipped_comparisons_run_every_method_for_enough_seeds(name: str) -> None:
     cfg = load_compare_config(ROOT / "configs" / f"{name}.yaml")
     assert next(iter(cfg.methods)) == cfg.reference == "on_policy"
-    assert {"none", "tis", "icepop", "jackpot"} <= set(cfg.methods)
-    assert len(cfg.seeds) >= 3
+    assert set(cfg.methods) == {
+        "on_policy",
+        "none",
+        "tis",
+        "icepop",
+        "jackpot",
+        "jackpot_frozen_rollout",
+    }
+    assert cfg.paired_against == ["on_policy", "tis"] and cfg.target_accuracy is not None
+    assert len(cfg.seeds) >= (5 if name == "compare_paperlike" else 3)
+    assert cfg.out.startswith("runs/")  # never over the committed results by default
+
+
+def test_the_staleness_ablation_reuses_each_rollout_batch_without_the_clip() -> None:
+    from jackpot.config import load_config
+
+    cfg = load_compare_config(ROOT / "configs" / "compare_staleness.yaml")
+    assert set(cfg.methods) == {"none", "tis", "jackpot"} and cfg.out.startswith("runs/")
+    run = load_config(cfg.methods["jackpot"].config, cfg.overrides)
+    assert run.algo.minibatches * run.algo.ppo_epochs > 2 and not run.algo.clip
 
 
 def test_bad_comparison_configs_fail_before_anything_runs(
@@ -121,18 +241,34 @@ def test_bad_comparison_configs_fail_before_anything_runs(
 
 @pytest.mark.slow
 def test_a_tiny_grid_runs_end_to_end_and_reuses_finished_runs(
-    tmp_path: Path, warmstart_cache: Path
+    tmp_path: Path, warmstart_cache: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    cfg = load_compare_config(_write_compare_config(tmp_path, warmstart_cache))
+    path = _write_compare_config(tmp_path, warmstart_cache, target_accuracy="0.0")
+    cfg = load_compare_config(path)
     result = run_comparison(cfg)
     out = tmp_path / "results"
-    for name in ("compare.md", "compare.json", "compare_metrics.csv", "compare_eval_accuracy.png"):
+    for name in (
+        "compare.md",
+        "compare.json",
+        "compare_metrics.csv",
+        "compare_eval_accuracy.png",
+        "compare_accuracy_vs_time.png",
+    ):
         assert (out / name).is_file(), name
     table = (out / "compare.md").read_text()
-    assert "`on_policy`" in table and "`obrs`" in table
+    assert "`on_policy`" in table and "`obrs`" in table and "projected GPU" in table
     assert {m["name"]: m["seeds"] for m in result["methods"]} == {"on_policy": 2, "obrs": 2}
     obrs = next(m for m in result["methods"] if m["name"] == "obrs")
-    assert 0 < obrs["acceptance"][0] <= 1
+    assert 0 < obrs["acceptance"]["mean"] <= 1 and obrs["reached"] == 2  # target 0: reached
+    assert result["on_policy_methods"] == ["on_policy"] and result["gpu_rollout_scale"] > 0
+    assert [(p["method"], p["against"]) for p in result["paired"]] == [("obrs", "on_policy")] * 2
+    json.loads((out / "compare.json").read_text())  # strict JSON
     first = (tmp_path / "runs" / "obrs" / "seed0" / "metrics.csv").stat().st_mtime_ns
-    run_comparison(cfg)  # finished runs are reused, not rerun
+    # --quick reuses the grid's runs (nothing reruns) and writes beside --out
+    assert main(["--config", str(path), "--quick", "--out", str(tmp_path / "q")]) == 0
     assert (tmp_path / "runs" / "obrs" / "seed0" / "metrics.csv").stat().st_mtime_ns == first
+    quick = json.loads((tmp_path / "q" / "quick" / "compare.json").read_text())
+    assert [m["name"] for m in quick["methods"]] == ["on_policy", "obrs"]
+    assert quick["config"]["seeds"] == [0]
+    assert main(["--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "config error" in capsys.readouterr().err
