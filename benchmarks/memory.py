@@ -340,6 +340,7 @@ def reuse_old(res: dict[str, Any], earlier: dict[str, Any]) -> None:
         if earlier[key] != res[key]:
             raise ValueError(f"the earlier result has {key}={earlier[key]}, this run {res[key]}")
     res["code"]["old"] = earlier["code"]["old"]
+    res["notes"] = earlier.get("notes", [])
     old = {"old": earlier["paths"]["old"]["points"]}
     res["paths"]["old"] = summarize(old)["paths"]["old"]
 
@@ -399,7 +400,9 @@ PATH_DESC = {
 
 def _lengths(points: list[dict[str, Any]], limit: int) -> str:
     """Mean response lengths of the measured runs, in words."""
-    lengths = [p["response_length"] for p in points if math.isfinite(p["response_length"])]
+    lengths = [
+        p["response_length"] for p in points if math.isfinite(p.get("response_length", math.nan))
+    ]
     if not lengths:
         return "response lengths not recorded"
     if min(lengths) == limit:
@@ -485,9 +488,12 @@ def render(res: dict[str, Any]) -> str:
         f"{a['prompt_tokens'][0]}-{a['prompt_tokens'][1]} tokens from a local JSONL task. "
         f"Overrides: `{' '.join(res['overrides'])}`.",
     ]
+    notes += [f"- {note}" for note in res.get("notes", [])]
     if notes:
         lines += ["", *notes]
-    parent = max((p["parent_peak_mib"] for p in measured), default=math.nan)
+    parent = max(
+        (p["parent_peak_mib"] for p in measured if "parent_peak_mib" in p), default=math.nan
+    )
     lowest = min((p["peak_rss_mib"] for p in measured), default=math.nan)
     if math.isfinite(parent):
         verdict = "below every figure above" if parent < lowest else "NOT below every figure"

@@ -208,8 +208,10 @@ def test_memory_report_shows_both_paths_skipped_and_unrun_sizes() -> None:
 def test_memory_reuses_old_figures_only_from_the_same_settings() -> None:
     res, earlier = _mem_result(), _mem_result()
     del res["paths"]["old"]
+    earlier["notes"] = ["old figures from a log"]
     memory.reuse_old(res, earlier)
     assert [p["n"] for p in res["paths"]["old"]["points"]] == [32, 64, 128]
+    assert "- old figures from a log" in memory.render(res)
     earlier["new_tokens"] = 16
     with pytest.raises(ValueError, match="new_tokens"):
         memory.reuse_old(res, earlier)
