@@ -77,3 +77,12 @@ def test_engine_options_are_validated_with_their_key(key: str, value: object, ma
     setattr(target, name, value)
     with pytest.raises(ConfigError, match=match):
         validate(cfg, check_devices=False, check_paths=False)
+
+
+def test_vllm_needs_a_single_training_process() -> None:
+    """One in-process engine per model: several training processes are refused for now."""
+    cfg = JackpotConfig()
+    cfg.rollout.engine = "vllm"
+    cfg.trainer.devices = 2
+    with pytest.raises(ConfigError, match=r"rollout.engine='vllm' .* trainer.devices=2; allowed"):
+        validate(cfg, check_devices=False, check_paths=False)

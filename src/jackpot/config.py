@@ -484,6 +484,12 @@ def _validate_relations(cfg: JackpotConfig) -> None:
     if not 0 < low <= high:
         raise ConfigError(f"algo.distill_coef_bounds={[low, high]} must satisfy 0 < low <= high")
     _validate_rollout_files(cfg)
+    if cfg.rollout.engine == "vllm" and cfg.trainer.devices != 1:
+        raise ConfigError(
+            f"rollout.engine='vllm' is not allowed with trainer.devices={cfg.trainer.devices}; "
+            "allowed: trainer.devices=1 (one in-process engine per model; vLLM inside several "
+            "training processes is not supported yet), or rollout.engine='hf'"
+        )
 
 
 def check_paths_exist(cfg: JackpotConfig) -> None:
