@@ -157,3 +157,25 @@ def test_tokenizer_ids_outside_the_model_are_refused(tmp_path: Path) -> None:
     one = build_model(ModelSpec(vocab_size=1, hidden_size=8))
     with pytest.raises(VocabMismatchError, match="eos id is 1, outside the 1 output logits"):
         check_tokenizer_fits(tokenizer, one, "policy")
+
+
+def test_warm_start_shows_progress_then_says_it_reuses_the_cache(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from jackpot.tasks.synthetic import TaskSpec
+    from jackpot.tasks.tokenizer import CharTokenizer
+    from jackpot.warmstart import SFTConfig, warm_start
+
+    tokenizer = CharTokenizer()
+    spec = ModelSpec(vocab_size=tokenizer.vocab_size, hidden_size=8, num_layers=1, num_heads=2)
+    task = TaskSpec(name="addition", n_train=20, n_eval=4, max_digits=1)
+    config = SFTConfig(steps=3, batch_size=4)
+    first = warm_start(spec, task, tokenizer, config, tmp_path)
+    err = capsys.readouterr().err
+    assert not first.from_cache
+    assert f"fine-tuning qwen2 8x1 on addition for 3 steps (once; cached in {tmp_path})" in err
+    assert "3/3" in err and "loss=" in err  # the bar: steps and loss
+    second = warm_start(spec, task, tokenizer, config, tmp_path)
+    said = capsys.readouterr().err.strip().splitlines()
+    assert second.from_cache and len(said) == 1
+    assert said[0] == f"warm start: reusing qwen2 8x1 (3 steps on addition) from {second.path}"
