@@ -95,10 +95,7 @@ def build_module(cfg: Any) -> Any:
         check_same_vocab(rollout_model, policy)
     for model, key in ((policy, "policy"), (rollout_model, "rollout_model")):
         if model is not None and getattr(cfg, key).gradient_checkpointing:
-            # Non-reentrant: works with the frozen inputs and the two-model joint backward.
-            model.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False}
-            )
+            enable_activation_checkpointing(model)
     train, evals = _task_examples(cfg)
     return JackpotModule(
         cfg,
@@ -110,6 +107,16 @@ def build_module(cfg: Any) -> Any:
         get_reward(cfg.task.reward),
         get_sampler(cfg.sampler.name, **cfg.sampler.kwargs()),
     )
+
+
+def enable_activation_checkpointing(model: Any) -> None:
+    """transformers' activation checkpointing, non-reentrant (it works with frozen inputs and
+    the two-model joint backward); the method was renamed in transformers 5.2x."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def _check_rollout_files(cfg: Any, policy: Any, tokenizer: Any) -> None:
