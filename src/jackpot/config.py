@@ -714,7 +714,7 @@ def _apply_sampler_overrides(from_file: Any, given: Any) -> None:
     from jackpot.samplers.registry import sampler_parameters
 
     for key, other in (("lam", "budget"), ("budget", "lam")):
-        if key in given and other not in given:
+        if given.get(key) is not None and other not in given:
             from_file[other] = None
     name = given.get("name")
     if name is None or name == from_file.name:
@@ -728,7 +728,7 @@ def _apply_sampler_overrides(from_file: Any, given: Any) -> None:
         for k, v in given.items()
         if k not in ("name", "params", *accepted) and v is not None
     ]
-    wrong += [f"sampler.params.{k}" for k in given.get("params", {}) if k not in accepted]
+    wrong += [f"sampler.params.{k}" for k in given.get("params") or {} if k not in accepted]
     if wrong:
         raise ConfigError(
             f"{', '.join(wrong)} given on the command line but sampler.name={name!r} does not "
