@@ -1,9 +1,12 @@
-"""``python -m benchmarks.run [--quick] [--out DIR] [--threads N] [--old-src DIR]``: all sections.
+"""``python -m benchmarks.run [--quick] [--out DIR] [--threads N] [--old-src DIR] [--trl]``.
 
 Runs the normaliser, sampler-overhead, end-to-end and memory sections (each measurement in
 fresh subprocesses), checks the issue's targets, and writes ``bench.json`` (every figure,
 machine facts) and ``bench.md`` (tables, ratios against the same run's baselines) to
-``--out``, and the memory section's ``memory.json`` / ``memory.md`` beside them.
+``--out``, and the memory section's ``memory.json`` / ``memory.md`` beside them. ``--trl``
+then runs :mod:`benchmarks.trl_compare` (TRL's GRPOTrainer vs ``jackpot.fit``, and the
+decoupled step vs on-policy; ``trl`` must be installed, as ``nox -s bench`` does) into
+``trl_compare.json`` / ``trl_compare.md``.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import e2e, memory, normalizer, overhead
+from benchmarks import e2e, memory, normalizer, overhead, trl_compare
 from benchmarks.common import ROOT, machine_info
 from benchmarks.report import render, targets
 
@@ -83,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "results", help="output folder")
     p.add_argument("--threads", type=int, help="torch CPU threads of every worker")
     p.add_argument("--old-src", help="memory section: also measure this checkout's src/")
+    p.add_argument("--trl", action="store_true", help="also run benchmarks.trl_compare")
     args = p.parse_args(argv)
     if args.threads:
         import torch
@@ -100,6 +104,11 @@ def main(argv: list[str] | None = None) -> int:
         status = {None: "n/a", True: "met", False: "missed"}[t["met"]]
         print(f"[bench] {t['target']}: {status} ({t['measured']})")
     print(f"[bench] wrote bench.json, bench.md, memory.json and memory.md to {args.out}")
+    if args.trl:
+        trl_python = os.environ.get("TRL_PYTHON", sys.executable)
+        work = ROOT / "runs" / "trl_compare"
+        trl_compare.run(args.out, trl_python, work, args.quick, ["trl", "decoupled"])
+        print(f"[bench] wrote trl_compare.json and trl_compare.md to {args.out}")
     return 0
 
 
