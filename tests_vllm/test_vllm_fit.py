@@ -1,4 +1,4 @@
-"""``python -m jackpot.fit`` with ``rollout.engine=vllm``: decoupled, the rollout model trains."""
+"""``python -m jackpot.fit`` with ``rollout.engine=vllm``: decoupled and on-policy runs."""
 
 from __future__ import annotations
 
@@ -7,12 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+from safetensors.torch import load_file
+
 from jackpot.training.csv_logger import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Head sizes 32 (vLLM's CPU attention has no 16); a 1-digit task, 3 steps, evaluation at the last.
-OVERRIDES = [
+# Head sizes 32 (vLLM's CPU attention has no 16); a 1-digit task, 3 steps.
+TINY = [
     "warmstart.steps=0",
     "warmstart.policy_steps=0",
     "policy.hidden_size=64",
@@ -28,10 +31,7 @@ OVERRIDES = [
     "rollout.prompts_per_step=4",
     "rollout.group_size=4",
     "rollout.max_new_tokens=3",
-    "algo.mode=decoupled",
-    "algo.train_rollout=true",
     "trainer.max_steps=3",
-    "trainer.eval_every=3",
     "trainer.eval_samples=2",
     "trainer.checkpoint_every=3",
     "trainer.num_threads=1",
@@ -43,19 +43,19 @@ OVERRIDES = [
 ]
 
 
-def test_decoupled_fit_with_vllm_and_a_training_rollout_model(tmp_path: Path) -> None:
-    """Three steps run; every step syncs weights; one engine per model, evaluation included."""
-    run_dir = tmp_path / "run"
+def _fit(run_dir: Path, config: str, *overrides: str) -> list[dict[str, float]]:
+    """Run ``python -m jackpot.fit`` on ``configs/<config>`` shrunk by TINY; its metric rows."""
     result = subprocess.run(
         [
             sys.executable,
             "-m",
             "jackpot.fit",
             "--config",
-            str(ROOT / "configs" / "default.yaml"),
+            str(ROOT / "configs" / config),
             f"run.dir={run_dir}",
-            f"warmstart.cache_dir={tmp_path / 'warmstart'}",
-            *OVERRIDES,
+            f"warmstart.cache_dir={run_dir.parent / 'warmstart'}",
+            *TINY,
+            *overrides,
         ],
         capture_output=True,
         text=True,
@@ -65,9 +65,44 @@ def test_decoupled_fit_with_vllm_and_a_training_rollout_model(tmp_path: Path) ->
     assert result.returncode == 0, result.stderr[-4000:]
     rows = read_metrics(run_dir / "metrics.csv")
     assert [r["step"] for r in rows] == [0.0, 1.0, 2.0]
+    return rows
+
+
+def test_decoupled_fit_with_vllm_and_a_training_rollout_model(tmp_path: Path) -> None:
+    """Three steps run; every step syncs weights; one engine per model, evaluation included."""
+    run_dir = tmp_path / "run"
+    rows = _fit(
+        run_dir,
+        "default.yaml",
+        "algo.mode=decoupled",
+        "algo.train_rollout=true",
+        "trainer.eval_every=3",
+    )
     for row in rows:
         assert 0.0 < row["perf/weight_sync_s"] < 60.0
         assert math.isfinite(row["loss/policy"]) and math.isfinite(row["obrs/accept_rate"])
     assert "eval/accuracy" in rows[-1]
     engines = sorted(p.name for p in (run_dir / "engines").iterdir())
     assert engines == ["policy-rank0", "rollout_model-rank0"]
+
+
+def test_on_policy_fit_samples_from_the_current_policy(tmp_path: Path) -> None:
+    """On-policy, the recorded p_inf is the policy's at every step (KL ~ 0) while it changes.
+
+    Rewards of an untrained model are all 0, so weight decay makes the policy move; without
+    the sync, the KL is about 1e-3 from step 1 on.
+    """
+    run_dir = tmp_path / "run"
+    rows = _fit(
+        run_dir,
+        "on_policy.yaml",
+        "trainer.eval_every=0",
+        "policy_optim.lr=0.05",
+        "policy_optim.weight_decay=1.0",
+    )
+    assert all(abs(row["mismatch/kl_k3"]) < 1e-6 for row in rows)
+    start = load_file(run_dir / "engines" / "policy-rank0" / "model.safetensors")
+    end = torch.load(run_dir / "checkpoints" / "step-000003.ckpt", weights_only=False)
+    key = "model.embed_tokens.weight"
+    moved = (end["state_dict"][f"policy.{key}"] - start[key]).abs().max()
+    assert float(moved) > 1e-3, "the policy did not change: the KL check would prove nothing"
