@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import nox
+from nox.virtualenv import VirtualEnv
 
 # uv ignores this machine's pip configuration and would fetch a multi-GB CUDA torch.
 nox.options.default_venv_backend = "virtualenv"
@@ -23,26 +25,44 @@ def _install(session: nox.Session) -> None:
     session.install("-e", ".[dev]")
 
 
-@nox.session
+SHARED_VENV = Path(".nox") / "shared"
+"""One virtualenv for tests, verify, typecheck and bench: they need the same packages, and a
+virtualenv per session would hold a full torch each (GBs)."""
+
+
+def _shared(session: nox.Session) -> str:
+    """Create the shared virtualenv (kept and reused), install torch, jackpot[dev] and both
+    example plugins into it; return its ``bin`` directory. Its sessions run without their own."""
+    venv = VirtualEnv(str(SHARED_VENV), reuse_existing=True, venv_backend="virtualenv")
+    venv.create()
+    python = str(Path(venv.bin) / "python")
+    pip = (python, "-m", "pip", "install")
+    session.run(*pip, TORCH, external=True)
+    session.run(*pip, "-e", ".[dev]", external=True)
+    # Third-party plugins: a reward (tests/test_rewards.py checks the jackpot.rewards entry
+    # point) and a sampler (the contract suite of verify covers more than the built-ins).
+    session.run(*pip, "--no-deps", "./examples/custom_reward", external=True)
+    session.run(*pip, "--no-deps", "./examples/custom_sampler", external=True)
+    return str(venv.bin)
+
+
+@nox.session(python=False)
 def tests(session: nox.Session) -> None:
     """Run the unit and smoke tests."""
-    _install(session)
-    # A third-party reward, so tests/test_rewards.py checks the jackpot.rewards entry point.
-    session.install("--no-deps", "./examples/custom_reward")
-    session.run("pytest", "tests", *session.posargs)
+    bin_dir = _shared(session)
+    session.run(f"{bin_dir}/pytest", "tests", *session.posargs, external=True)
 
 
-@nox.session
+@nox.session(python=False)
 def verify(session: nox.Session) -> None:
     """Prove the OBRS math by enumeration and Hypothesis (HYPOTHESIS_PROFILE=ci|thorough)."""
-    _install(session)
-    # A third-party plugin, so the sampler contract suite covers more than the built-ins.
-    session.install("--no-deps", "./examples/custom_sampler")
+    bin_dir = _shared(session)
     session.run(
-        "pytest",
+        f"{bin_dir}/pytest",
         "verification",
         *session.posargs,
         env={"HYPOTHESIS_PROFILE": os.environ.get("HYPOTHESIS_PROFILE", "ci")},
+        external=True,
     )
 
 
@@ -55,11 +75,10 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "format", "--check", *paths)
 
 
-@nox.session
+@nox.session(python=False)
 def typecheck(session: nox.Session) -> None:
     """Type-check the package with mypy."""
-    _install(session)
-    session.run("mypy", *session.posargs)
+    session.run(f"{_shared(session)}/mypy", *session.posargs, external=True)
 
 
 @nox.session
@@ -73,11 +92,27 @@ def vllm(session: nox.Session) -> None:
     session.run("pytest", "tests_vllm", *session.posargs)
 
 
-@nox.session(default=False)
+TRL = os.environ.get("JACKPOT_TRL", "trl==1.16.0")
+"""TRL for ``benchmarks.trl_compare`` (1.16.0 imports with transformers 5.x and torch 2.13)."""
+
+
+@nox.session(python=False, default=False)
 def bench(session: nox.Session) -> None:
-    """Measure sampler overhead and memory as ratios against a baseline in the same run."""
-    _install(session)
-    session.run("python", "-m", "benchmarks.run", *session.posargs)
+    """Measure sampler overhead and memory as ratios against a baseline in the same run, then
+    TRL's GRPOTrainer against jackpot.fit (TRL in a virtualenv of its own, this session only)."""
+    trl = VirtualEnv(str(Path(".nox") / "trl"), reuse_existing=True, venv_backend="virtualenv")
+    trl.create()
+    trl_python = str(Path(trl.bin) / "python")
+    session.run(trl_python, "-m", "pip", "install", TORCH, TRL, external=True)
+    session.run(
+        f"{_shared(session)}/python",
+        "-m",
+        "benchmarks.run",
+        "--trl",
+        *session.posargs,
+        env={"TRL_PYTHON": trl_python},
+        external=True,
+    )
 
 
 @nox.session(default=False)
