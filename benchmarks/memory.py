@@ -3,13 +3,15 @@
 ``python -m benchmarks.memory [--quick] [--old-src DIR] [--out DIR]`` (also a section of
 ``python -m benchmarks.run``). Random-init Qwen2-style policy and rollout model with a
 152k-entry tokenizer and a JSONL task are built locally (:mod:`benchmarks.assets`); each batch
-size N = ``prompts_per_step x group_size`` then trains a few decoupled RL steps with the top-k
-OBRS sampler and a trained rollout model through ``python -m jackpot.fit`` in its own process.
-The figure is that process's peak resident set size (``ru_maxrss`` from ``wait4``) and the
-trainer's own ``perf/step_s``. ``--old-src`` also runs the ``src/`` folder of another checkout
-(e.g. the trainer before streaming steps), side by side. Runs are sequential and hold a lock
-file, so two measurements never share the machine's memory; a size whose predicted peak would
-not fit in the memory available now is skipped and reported as such.
+size N = ``prompts_per_step x group_size`` then trains decoupled RL steps (one by default) with
+the top-k OBRS sampler and a trained rollout model through ``python -m jackpot.fit`` in its
+own process. The figures are that process's peak resident set size (``ru_maxrss`` from
+``wait4``) and the trainer's own ``perf/step_s``. ``--old-src`` also runs the ``src/`` folder
+of another checkout (e.g. a ``git worktree`` of the trainer before streaming steps) side by
+side; ``--no-new`` measures only that, and ``--old-from`` shows such an earlier result beside a
+later run's new path. Runs are sequential and hold a lock file, so two measurements never
+share the machine's memory; a size whose extrapolated peak would not fit in the memory
+available at that moment is skipped and reported as such.
 """
 
 from __future__ import annotations
