@@ -1,4 +1,4 @@
-"""Sessions: ``tests`` and ``verify`` (CI), ``lint``, ``typecheck``, ``vllm``; ``bench`` opt-in."""
+"""CI runs ``tests``, ``verify``, ``lint``, ``typecheck`` and ``vllm``; ``bench`` is opt-in."""
 
 from __future__ import annotations
 
