@@ -41,7 +41,7 @@ def test_paper_config_mirrors_the_paper(tmp_path: Path) -> None:
         check_devices=False,
     )
     assert (cfg.sampler.name, cfg.sampler.topk, cfg.rollout.logprobs_k) == ("obrs", 20, 20)
-    assert (cfg.trainer.strategy, cfg.trainer.precision) == ("fsdp", "bf16-true")
+    assert (cfg.trainer.strategy, cfg.trainer.precision) == ("fsdp", "bf16-mixed")
 
 
 def test_baseline_configs_change_only_the_method() -> None:

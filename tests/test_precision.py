@@ -92,6 +92,7 @@ def test_bf16_runs_train_with_finite_losses(
         "sampler.topk=4",
         "rollout.logprobs_k=4",
         "trainer.micro_batch_size=4",
+        "rollout.generation_batch_size=8",  # rollouts decoded in two chunks of whole groups
     ]
     assert main(["--config", str(DEFAULT_CONFIG), *overrides]) == 0
     rows = read_metrics(tmp_path / "run" / "metrics.csv")

@@ -151,6 +151,9 @@ class RolloutConfig:
     """Length limit of a response."""
     logprobs_k: int = 8
     """Top log-probs of ``p_inf`` recorded per position (feeds the top-k Z of OBRS)."""
+    generation_batch_size: int | None = None
+    """Most sequences the engine decodes at once; a step's prompts are rolled out in chunks of
+    whole groups (KV-cache memory scales with this, not with the step). None = all at once."""
     files: str | None = None
     """Offline decoupled training: a directory (its ``*.safetensors``) or glob of rollout files
     (``jackpot.rollout.io`` format); RL step s trains on file ``s mod n`` in sorted path order,
@@ -266,7 +269,10 @@ class TrainerConfig:
     accelerator: str = "cpu"
     """``cpu``, ``gpu``/``cuda`` or ``auto``."""
     devices: int = 1
-    """Processes/devices."""
+    """Processes/devices per node."""
+    num_nodes: int = 1
+    """Nodes (machines); a run has ``num_nodes x devices`` processes (launched by torchrun or
+    SLURM on each node)."""
     strategy: str = "auto"
     """``auto``, ``ddp``, ``ddp_spawn``, ``fsdp``, ``deepspeed`` (and Lightning's variants)."""
     precision: str = "32-true"
@@ -361,6 +367,7 @@ _RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "rollout.top_k": (0, math.inf, False, True),
     "rollout.max_new_tokens": (1, math.inf, False, True),
     "rollout.logprobs_k": (1, math.inf, False, True),
+    "rollout.generation_batch_size": (1, math.inf, False, True),
     "rollout.vllm.gpu_memory_utilization": (0, 1, True, False),
     "rollout.vllm.kv_cache_memory_gib": (0, math.inf, True, True),
     "rollout.vllm.max_model_len": (1, math.inf, False, True),
@@ -388,6 +395,7 @@ _RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "rollout_optim.grad_clip": (0, math.inf, True, True),
     "trainer.max_steps": (1, math.inf, False, True),
     "trainer.devices": (1, math.inf, False, True),
+    "trainer.num_nodes": (1, math.inf, False, True),
     "trainer.checkpoint_every": (1, math.inf, False, True),
     "trainer.keep_checkpoints": (1, math.inf, False, True),
     "trainer.eval_every": (0, math.inf, False, True),

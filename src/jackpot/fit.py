@@ -190,6 +190,7 @@ def run(cfg: Any) -> RunResult:
     trainer = L.Trainer(
         accelerator=cfg.trainer.accelerator,
         devices=cfg.trainer.devices,
+        num_nodes=cfg.trainer.num_nodes,
         strategy=_strategy(cfg, module),
         precision=cfg.trainer.precision,
         max_epochs=cfg.trainer.max_steps,

@@ -32,7 +32,7 @@ from jackpot.metrics import (
     rollout_stats,
     timing_stats,
 )
-from jackpot.rollout.batch import RolloutBatch
+from jackpot.rollout.batch import RolloutBatch, concat_rollouts
 from jackpot.rollout.engine import RolloutEngine, SamplingParams
 from jackpot.rollout.factory import build_engine
 from jackpot.rollout.files import load_step_rollouts, resolve_rollout_files
@@ -499,7 +499,13 @@ class JackpotModule(L.LightningModule):
     ) -> RolloutBatch:
         gen = seeded_generator(self.cfg.run.seed, step, self.global_rank, stream, self.device)
         ids = [self.tokenizer.encode(e.prompt) for e in examples]
-        batch = engine.generate(ids, group, self.sampling, gen)
+        limit = self.cfg.rollout.generation_batch_size
+        per_call = len(ids) if limit is None else max(limit // group, 1)  # whole groups
+        chunks = [
+            engine.generate(ids[i : i + per_call], group, self.sampling, gen)
+            for i in range(0, len(ids), per_call)
+        ]
+        batch = chunks[0] if len(chunks) == 1 else concat_rollouts(chunks)
         return batch.with_texts(
             prompts=[e.prompt for e in examples for _ in range(group)],
             answers=[e.answer for e in examples for _ in range(group)],

@@ -7,16 +7,17 @@ invariant; the file loader runs it, so a bad file fails with the field that is w
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
 
 from jackpot.rollout.engine import SamplingParams
 
-__all__ = ["LOGP_TOLERANCE", "RolloutBatch", "RolloutFormatError", "left_pad"]
+__all__ = ["LOGP_TOLERANCE", "RolloutBatch", "RolloutFormatError", "concat_rollouts", "left_pad"]
 
 LOGP_TOLERANCE = 1e-5
 """Log-probs may exceed 0 by this much (rounding in other engines), and the sampled token's
@@ -172,6 +173,60 @@ class RolloutBatch:
             group_ids=fn(self.group_ids),
             rewards=None if self.rewards is None else fn(self.rewards),
         )
+
+
+def concat_rollouts(batches: Sequence[RolloutBatch]) -> RolloutBatch:
+    """One batch from consecutive chunks of a rollout (an engine run chunk by chunk).
+
+    Prompts are left-padded to the longest, responses right-padded to the longest (pad id,
+    mask 0, log-prob 0, top-k ids 0 with ``-inf`` log-probs); ``group_ids`` of later chunks are
+    shifted past the earlier ones. Every chunk must share sampling parameters, pad id and k.
+    """
+    first = batches[0]
+    for b in batches[1:]:
+        if (b.params, b.pad_token_id, b.topk_ids.shape[-1]) != (
+            first.params,
+            first.pad_token_id,
+            first.topk_ids.shape[-1],
+        ):
+            raise ValueError("rollout chunks differ in sampling parameters, pad id or top-k size")
+    p = max(b.prompt_ids.shape[1] for b in batches)
+    t = max(b.response_ids.shape[1] for b in batches)
+    pad = first.pad_token_id
+
+    def left(x: Tensor, value: float) -> Tensor:  # (n, P') -> (n, P)
+        return torch.nn.functional.pad(x, (p - x.shape[1], 0), value=value)
+
+    def right(x: Tensor, value: float) -> Tensor:  # (n, T', ...) -> (n, T, ...)
+        widths = [0, 0] * (x.dim() - 2) + [0, t - x.shape[1]]
+        return torch.nn.functional.pad(x, widths, value=value)
+
+    offsets, shift = [], 0
+    for b in batches:
+        offsets.append(shift)
+        shift += int(b.group_ids.max()) + 1 if b.group_ids.numel() else 0
+
+    def texts(name: str) -> list[str] | None:
+        parts = [getattr(b, name) for b in batches]
+        return None if any(x is None for x in parts) else [s for x in parts for s in x]
+
+    return replace(
+        first,
+        prompt_ids=torch.cat([left(b.prompt_ids, pad) for b in batches]),
+        prompt_mask=torch.cat([left(b.prompt_mask, 0) for b in batches]),
+        response_ids=torch.cat([right(b.response_ids, pad) for b in batches]),
+        response_mask=torch.cat([right(b.response_mask, 0) for b in batches]),
+        logp_inf=torch.cat([right(b.logp_inf, 0.0) for b in batches]),
+        topk_ids=torch.cat([right(b.topk_ids, 0) for b in batches]),
+        topk_logp=torch.cat([right(b.topk_logp, -math.inf) for b in batches]),
+        finished=torch.cat([b.finished for b in batches]),
+        group_ids=torch.cat([b.group_ids + off for b, off in zip(batches, offsets, strict=True)]),
+        rewards=None
+        if any(b.rewards is None for b in batches)
+        else torch.cat([cast(Tensor, b.rewards) for b in batches]),
+        prompts=texts("prompts"),
+        answers=texts("answers"),
+    )
 
 
 def _expect_tensor(name: str, value: Tensor, shape: tuple[int | str, ...], dtype: Any) -> None:
