@@ -223,3 +223,18 @@ def test_paths_are_checked_when_a_run_starts_not_when_printed(
 
     assert main(["--config", str(paper), "--print-config"]) == 0
     assert "path: /models/Qwen3-8B-Base" in capsys.readouterr().out
+
+
+def test_math_reward_without_math_verify_is_refused_at_load(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "math_verify" else real(name, *a),
+    )
+    with pytest.raises(ConfigError, match=r"jackpot\[math\]"):
+        load_config(None, ["task.reward=math_equiv"])

@@ -645,6 +645,14 @@ def _validate_reward(name: str) -> None:
     installed = available_rewards()
     if name not in installed:
         raise ConfigError(f"task.reward={name!r} is unknown; installed rewards: {installed}")
+    if name == "math_equiv":
+        import importlib.util
+
+        if importlib.util.find_spec("math_verify") is None:
+            raise ConfigError(
+                "task.reward='math_equiv' needs the math-verify package: "
+                "pip install 'jackpot[math]'"
+            )
 
 
 def _validate_devices(trainer: TrainerConfig) -> None:
