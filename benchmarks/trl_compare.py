@@ -38,6 +38,7 @@ import os
 import platform
 import random
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -334,6 +335,7 @@ def section_a(work: Path, trl_python: str, n0: int, n1: int, rounds: int) -> dic
 
     def one(name: str, steps: int, tag: str) -> dict[str, float]:
         out = work / "runs" / f"{name}-{tag}-{steps}"
+        shutil.rmtree(out, ignore_errors=True)  # a fresh run, not a resume of an earlier one
         if name == "jackpot":
             res = timed(jackpot_cmd(paths, steps, out))
             res["tokens_per_step"] = jackpot_tokens_per_step(out, rows)
@@ -378,6 +380,7 @@ def section_b(work: Path, n0: int, n1: int, rounds: int, sizes: dict[str, Any]) 
 
     def one(mode: str, steps: int, tag: str) -> dict[str, float]:
         out = work / "runs" / f"{mode}-{tag}-{steps}"
+        shutil.rmtree(out, ignore_errors=True)
         threads = f"trainer.num_threads={WORKLOAD['threads']}"
         res = timed([*_fit(out, steps), *base, *modes[mode], threads])
         res["tokens_per_step"] = jackpot_tokens_per_step(out, rows)
