@@ -18,6 +18,7 @@ from jackpot.functional import entropy_from_logits
 
 __all__ = [
     "MetricTracker",
+    "device_memory_stats",
     "mean_and_pass_at_k",
     "minibatch_stats",
     "param_checksum",
@@ -94,6 +95,13 @@ def timing_stats(
         "perf/rollout_share": rollout_s / max(rollout_s + train_s, tiny),
         "perf/step_s": rollout_s + train_s,
     }
+
+
+def device_memory_stats(device: torch.device) -> dict[str, float]:
+    """Peak memory allocated on a CUDA device since the run started (GB); nothing on CPU."""
+    if device.type != "cuda":
+        return {}
+    return {"perf/peak_mem_gb": torch.cuda.max_memory_allocated(device) / 1e9}
 
 
 def minibatch_stats(

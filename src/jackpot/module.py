@@ -26,6 +26,7 @@ from jackpot.config import JackpotConfig, as_dict
 from jackpot.controllers import DistillController
 from jackpot.metrics import (
     MetricTracker,
+    device_memory_stats,
     mean_and_pass_at_k,
     minibatch_stats,
     param_checksum,
@@ -638,6 +639,7 @@ class JackpotModule(L.LightningModule):
             rollout_stats(rewards, rollout.group_ids, rollout.response_mask, rollout.finished)
         )
         self.tracker.update(timing_stats(rollout.num_tokens, t_rollout, n_tokens, t_train))
+        self.tracker.update(device_memory_stats(self.device))
         if self.train_rollout:
             self.tracker.update({"distill/coef": self._distill_coef()})
         if self.cfg.trainer.eval_every and (step + 1) % self.cfg.trainer.eval_every == 0:
