@@ -431,7 +431,7 @@ DIFFERENCES = [
     "Loss: TRL's default `loss_type='dapo'` (token-level normalisation over the global batch), "
     "beta = 0 (no reference model); jackpot's PPO-clip loss with token-mean aggregation and "
     "GRPO advantages. Same number of forward/backward passes per step after issue 14.",
-    "Optimiser: TRL `optim` as recorded below (transformers' default, fused AdamW on this "
+    "Optimiser: TRL `optim` as recorded above (transformers' default, fused AdamW on this "
     "torch); jackpot `torch.optim.AdamW` as configured in `module.configure_optimizers`.",
     "Prompts: TRL samples from all 512; jackpot keeps 1 prompt out as its held-out split "
     "(`task.num_eval=1`, no evaluation runs). Both draw 8 prompts per step.",
