@@ -34,3 +34,16 @@ def test_chunks_join_into_one_valid_batch() -> None:
         assert torch.equal(joined.prompt_ids[rows, p - pp :], part.prompt_ids)
         assert joined.response_mask[rows, tp:].sum() == 0
     assert joined.num_tokens == first.num_tokens + rest.num_tokens
+
+
+def test_reward_text_leaves_out_the_stop_token() -> None:
+    model = build_model(ModelSpec(vocab_size=30, hidden_size=16, num_layers=1, num_heads=2))
+    params = SamplingParams(1.0, 0, 1.0, 20, (1,), logprobs_k=2)
+    batch = HFRolloutEngine(model, pad_token_id=0).generate(
+        [[3, 4]], 16, params, torch.Generator().manual_seed(0)
+    )
+    assert batch.finished.any()
+    for full, text, done in zip(
+        batch.response_lists(), batch.response_lists(without_stop=True), batch.finished, strict=True
+    ):
+        assert full == ([*text, 1] if done else text)

@@ -81,8 +81,16 @@ def test_bf16_scores_give_the_fp32_decisions_within_tolerance() -> None:
     assert out16.weights.dtype == torch.float32
 
 
+RUN_SHAPES = {
+    # micro-batches, and rollouts decoded in two chunks of whole groups
+    "bf16-mixed": ["trainer.micro_batch_size=4", "rollout.generation_batch_size=8"],
+    # one minibatch in one pass: every old log-prob comes from the update's own forward
+    "bf16-true": ["algo.minibatches=1"],
+}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("precision", ["bf16-mixed", "bf16-true"])
+@pytest.mark.parametrize("precision", list(RUN_SHAPES))
 def test_bf16_runs_train_with_finite_losses(
     precision: str, tmp_path: Path, warmstart_cache: Path
 ) -> None:
@@ -91,8 +99,7 @@ def test_bf16_runs_train_with_finite_losses(
         f"trainer.precision={precision}",
         "sampler.topk=4",
         "rollout.logprobs_k=4",
-        "trainer.micro_batch_size=4",
-        "rollout.generation_batch_size=8",  # rollouts decoded in two chunks of whole groups
+        *RUN_SHAPES[precision],
     ]
     assert main(["--config", str(DEFAULT_CONFIG), *overrides]) == 0
     rows = read_metrics(tmp_path / "run" / "metrics.csv")

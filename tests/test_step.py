@@ -233,3 +233,10 @@ def test_micro_batched_gradient_equals_the_unsplit_one(agg: str, sampler_args) -
     for a, b in zip(whole, parts, strict=True):
         assert a.abs().sum() > 0
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_micro_batches_split_in_order_and_an_empty_index_gives_none() -> None:
+    index = torch.tensor([4, 1, 3, 0, 2])
+    assert [p.tolist() for p in micro_batches(index, 2)] == [[4, 1], [3, 0], [2]]
+    assert [p.tolist() for p in micro_batches(index, None)] == [[4, 1, 3, 0, 2]]
+    assert micro_batches(index[:0], 2) == [] and micro_batches(index[:0], None) == []

@@ -552,7 +552,7 @@ class JackpotModule(L.LightningModule):
         )
 
     def _decode(self, rollout: RolloutBatch) -> list[str]:
-        return [self.tokenizer.decode(r) for r in rollout.response_lists()]
+        return [self.tokenizer.decode(r) for r in rollout.response_lists(without_stop=True)]
 
     def _response_logits(
         self, model: nn.Module, rollout: RolloutBatch, index: Tensor | None = None

@@ -85,6 +85,8 @@ def prompt_indices(
 
 def micro_batches(index: Tensor, size: int | None) -> list[Tensor]:
     """Rows ``index`` of a minibatch in consecutive pieces of at most ``size`` (None: one piece)."""
+    if not len(index):
+        return []
     if size is None or size >= len(index):
         return [index]
     return list(index.split(size))

@@ -267,7 +267,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     )
     prompts = [e.prompt for e in g.examples for _ in range(g.group_size)]
     answers = [e.answer for e in g.examples for _ in range(g.group_size)]
-    completions = [g.tokenizer.decode(r) for r in batch.response_lists()]
+    completions = [g.tokenizer.decode(r) for r in batch.response_lists(without_stop=True)]
     rewards = reward_fn(prompts, completions, answers)
     batch = batch.with_texts(prompts, answers).with_rewards(rewards)
     tokenizer_info = (

@@ -139,10 +139,13 @@ class RolloutBatch:
             answers=self.answers if answers is None else list(answers),
         )
 
-    def response_lists(self) -> list[list[int]]:
-        """Generated ids per response (stop token included, padding dropped), for decoding."""
-        lengths = self.response_lengths.tolist()
-        return [row[:n] for row, n in zip(self.response_ids.tolist(), lengths, strict=True)]
+    def response_lists(self, without_stop: bool = False) -> list[list[int]]:
+        """Generated ids per response, padding dropped; the stop token that ended a finished
+        response too with ``without_stop`` (the text a reward should see: a tokenizer's
+        ``decode`` would spell it out, e.g. ``<eos>``)."""
+        lengths = self.response_lengths - (self.finished.long() if without_stop else 0)
+        rows = self.response_ids.tolist()
+        return [row[:n] for row, n in zip(rows, lengths.tolist(), strict=True)]
 
     def full_sequences(self) -> tuple[Tensor, Tensor]:
         """``(ids, attention_mask)``, each ``(N, P + T)``: prompt then response, for rescoring.
