@@ -89,6 +89,8 @@ def test_summarise_run_and_method() -> None:
     table = markdown_table([method], [], _cfg_for_table(), 60.0, 30.0, 3.0)
     assert "| `m` | 0.150 ± 0.635 | 0.300 ± 2.541 |" in table and "1/2 (2)" in table
     assert "4 ± nan" not in table and "| 4 s (1/2) |" in table and "multiplied by 3.00" in table
+    unprojected = markdown_table([method], [], _cfg_for_table(), 60.0, 30.0, math.nan)
+    assert "no projected GPU time" in unprojected and "nan" not in unprojected
 
 
 def test_spread_is_a_t_interval() -> None:

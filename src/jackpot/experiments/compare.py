@@ -371,6 +371,10 @@ def _paired_cell(p: PairedComparison | None) -> str:
     return f"{p.diff.mean:+.3f}{interval} p={_p(p.p_ttest)} / {_p(p.p_wilcoxon)}"
 
 
+def _share(value: float) -> str:
+    return f"{value:.0%}" if math.isfinite(value) else "n/a"
+
+
 def _seconds(s: Spread, reached: int, seeds: int) -> str:
     if reached == 0:
         return f"never (0/{seeds})"
@@ -418,29 +422,38 @@ def markdown_table(
             f"{_ci(m.best_accuracy)} | {_ci(m.pass_at_k)} | {' | '.join(cells)} | {collapsed} |"
         )
     reach = f"time to acc ≥ {target:.2f}" if target is not None else "time to target"
+    project = math.isfinite(scale)
+    projection = (
+        f"**projected GPU**: the same with the rollout time multiplied by {scale:.2f}, the "
+        f"factor that makes rollouts {cfg.gpu_rollout_share:.0%} of an on-policy step (the "
+        "paper's GPU figure), keeping the measured tokens, update times and the two models' "
+        "measured relative speed: a projection, not a measurement."
+        if project
+        else "no projected GPU time: no on-policy method here to calibrate it on."
+    )
+    gpu_head = f" projected GPU: train time | projected GPU: {reach} |" if project else ""
     lines += [
         "",
         "Mismatch and cost. KL = `mismatch/kl_k3`, KL(p_inf ‖ p_target) per token (k3) before "
         "correction, at the first step and over the last 10 % of the steps; after OBRS = on the "
         "accepted tokens (mean over steps). Training time = rollout + update seconds summed "
-        "over the steps (evaluation and start-up excluded), measured on this CPU; "
-        f"**projected GPU**: the same with the rollout time multiplied by {scale:.2f}, the "
-        f"factor that makes rollouts {cfg.gpu_rollout_share:.0%} of an on-policy step (the "
-        "paper's GPU figure), keeping the measured tokens, update times and the two models' "
-        "measured relative speed: a projection, not a measurement. Time to target: mean over "
-        "the seeds that reached it (how many in brackets).",
+        f"over the steps (evaluation and start-up excluded), measured on this CPU; {projection} "
+        "Time to target: mean over the seeds that reached it (how many in brackets).",
         "",
         "| method | KL start | KL end | KL after OBRS | acceptance / kept | "
-        f"train time / run | rollout share | {reach} | projected GPU: train time | "
-        f"projected GPU: {reach} |",
-        "| --- " * 10 + "|",
+        f"train time / run | rollout share | {reach} |{gpu_head}",
+        "| --- " * (10 if project else 8) + "|",
     ]
     for m in methods:
+        gpu = (
+            f" {m.train_s_gpu:.0f} s | {_seconds(m.time_to_target_gpu_s, m.reached, m.seeds)} |"
+            if project
+            else ""
+        )
         lines.append(
             f"| `{m.name}` | {_ci(m.kl_k3_start, 3)} | {_ci(m.kl_k3_end, 3)} | "
             f"{_ci(m.kl_k3_after, 3)} | {_ci(m.acceptance)} | {m.train_s:.0f} s | "
-            f"{m.rollout_share:.0%} | {_seconds(m.time_to_target_s, m.reached, m.seeds)} | "
-            f"{m.train_s_gpu:.0f} s | {_seconds(m.time_to_target_gpu_s, m.reached, m.seeds)} |"
+            f"{_share(m.rollout_share)} | {_seconds(m.time_to_target_s, m.reached, m.seeds)} |{gpu}"
         )
     lines += ["", f"Shared overrides: `{' '.join(cfg.overrides) or '(none)'}`. Methods:", ""]
     for name, method in cfg.methods.items():

@@ -336,6 +336,6 @@ def summarise_method(name: str, runs: Sequence[RunSummary]) -> MethodSummary:
         time_to_target_gpu_s=spread([r.time_to_target_gpu_s for r in runs]),
         wall_s=_mean([r.wall_s for r in runs]),
         train_s=_mean([r.train_s for r in runs]),
-        train_s_gpu=_mean([r.train_s_gpu for r in runs]),
-        rollout_share=_mean([r.rollout_share for r in runs]),
+        train_s_gpu=spread([r.train_s_gpu for r in runs]).mean,
+        rollout_share=spread([r.rollout_share for r in runs]).mean,
     )
