@@ -172,7 +172,9 @@ class JackpotModule(L.LightningModule):
             top_p=cfg.rollout.top_p,
             max_new_tokens=cfg.rollout.max_new_tokens,
             stop_token_ids=(tokenizer.eos_token_id,),
-            logprobs_k=cfg.rollout.logprobs_k,
+            # The top-k record of p_inf only feeds top-k samplers: others record the sampled
+            # token alone, and the decode loop skips the top-k work.
+            logprobs_k=cfg.rollout.logprobs_k if "topk" in sampler.needs() else 1,
         )
 
     # ------------------------------------------------------------------ Lightning plumbing
