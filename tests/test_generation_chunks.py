@@ -47,3 +47,15 @@ def test_reward_text_leaves_out_the_stop_token() -> None:
         batch.response_lists(), batch.response_lists(without_stop=True), batch.finished, strict=True
     ):
         assert full == ([*text, 1] if done else text)
+
+
+def test_a_rollout_recording_only_the_sampled_token_saves_to_a_file(tmp_path) -> None:
+    from jackpot.rollout.io import load_rollouts, save_rollouts
+
+    model = build_model(ModelSpec(vocab_size=30, hidden_size=16, num_layers=1, num_heads=2))
+    params = SamplingParams(1.0, 0, 1.0, 5, (1,), logprobs_k=1)
+    batch = HFRolloutEngine(model, pad_token_id=0).generate(
+        [[3, 4]], 4, params, torch.Generator().manual_seed(0)
+    )
+    loaded = load_rollouts(save_rollouts(batch, tmp_path / "k1.safetensors"))
+    assert torch.equal(loaded.topk_ids[..., 0], batch.response_ids)

@@ -49,7 +49,9 @@ def rollout_dir(tmp_path_factory: pytest.TempPathFactory, warmstart_cache: Path)
     examples, tokenizer = module.train_examples[:4], module.tokenizer
     engine = HFRolloutEngine(module.rollout_model, tokenizer.pad_token_id)
     prompt_ids = [tokenizer.encode(e.prompt) for e in examples]
-    batch = engine.generate(prompt_ids, 4, module.sampling, torch.Generator().manual_seed(1))
+    # The file records p_inf's top-k as the config asks (the run's own sampler needs none).
+    params = replace(module.sampling, logprobs_k=cfg.rollout.logprobs_k)
+    batch = engine.generate(prompt_ids, 4, params, torch.Generator().manual_seed(1))
     batch = batch.with_texts(
         [e.prompt for e in examples for _ in range(4)],
         [e.answer for e in examples for _ in range(4)],

@@ -183,7 +183,8 @@ class HFRolloutEngine(RolloutEngine):
             topk_ids = torch.where(live[..., None], ids, self.pad_token_id)
             topk_logp = torch.where(live[..., None], logp_k, dead)
         else:
-            topk_ids, topk_logp = response_ids[..., None], logp_inf[..., None]
+            # Own storage, not views: a rollout file (safetensors) refuses shared tensors.
+            topk_ids, topk_logp = response_ids[..., None].clone(), logp_inf[..., None].clone()
         return {
             "response_ids": response_ids,
             "response_mask": live.long(),
