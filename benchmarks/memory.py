@@ -267,7 +267,8 @@ def run(
         "vocab": vocab,
         "group_size": GROUP_SIZE,
         "micro_batch_size": micro_batch_size,
-        "assets": info,
+        # Recorded relative to the repository: results carry no path of the machine.
+        "assets": {**info, "overrides": [o.replace(f"{ROOT}/", "") for o in info["overrides"]]},
         "overrides": [*COMMON, *SAMPLER],
         "code": {name: git_state(src) for name, (src, _) in paths.items()},
     }
