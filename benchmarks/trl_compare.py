@@ -43,6 +43,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -328,6 +329,38 @@ def paired_summary(rounds: list[dict[str, dict[str, float]]], base: str, other: 
     return out
 
 
+def interleaved_rounds(
+    names: list[str],
+    one: Callable[[str, int, str], dict[str, float]],
+    n0: int,
+    n1: int,
+    rounds: int,
+) -> list[dict[str, dict[str, float]]]:
+    """A warm-up run of each, then ``rounds`` rounds of N0- and N1-step runs of every name,
+    the order reversed every other round so drifting load hits both sides alike; each round's
+    per-step periods (N1 - N0 difference), tokens per step and load."""
+    for name in names:
+        one(name, n0, "warmup")
+    results: list[dict[str, dict[str, float]]] = []
+    for r in range(rounds):
+        order = names if r % 2 == 0 else names[::-1]
+        runs: dict[str, dict[int, dict[str, float]]] = {name: {} for name in order}
+        for steps in (n0, n1):
+            for name in order:
+                runs[name][steps] = one(name, steps, f"r{r}")
+        results.append(
+            {
+                name: {
+                    **periods(runs[name], n0, n1),
+                    "tokens_per_step": runs[name][n1]["tokens_per_step"],
+                    "load": runs[name][n1]["load"],
+                }
+                for name in order
+            }
+        )
+    return results
+
+
 def section_a(work: Path, trl_python: str, n0: int, n1: int, rounds: int) -> dict[str, Any]:
     """TRL vs jackpot on-policy: interleaved rounds after one warm-up run of each."""
     paths = prepare(work)
@@ -346,25 +379,7 @@ def section_a(work: Path, trl_python: str, n0: int, n1: int, rounds: int) -> dic
               f"{res['cpu_s']:6.1f} s CPU, load {res['load']:.1f}", flush=True)  # fmt: skip
         return res
 
-    for name in ("jackpot", "trl"):
-        one(name, n0, "warmup")
-    results: list[dict[str, dict[str, float]]] = []
-    for r in range(rounds):
-        order = ["jackpot", "trl"] if r % 2 == 0 else ["trl", "jackpot"]
-        runs: dict[str, dict[int, dict[str, float]]] = {name: {} for name in order}
-        for steps in (n0, n1):
-            for name in order:
-                runs[name][steps] = one(name, steps, f"r{r}")
-        results.append(
-            {
-                name: {
-                    **periods(runs[name], n0, n1),
-                    "tokens_per_step": runs[name][n1]["tokens_per_step"],
-                    "load": runs[name][n1]["load"],
-                }
-                for name in order
-            }
-        )
+    results = interleaved_rounds(["jackpot", "trl"], one, n0, n1, rounds)
     trl_args = json.loads((work / "runs" / f"trl-r0-{n1}" / "log.json").read_text())["args"]
     summary = paired_summary(results, "jackpot", "trl")
     return {"n0": n0, "n1": n1, "workload": dict(WORKLOAD), "trl_args": trl_args, **summary}
@@ -388,25 +403,7 @@ def section_b(work: Path, n0: int, n1: int, rounds: int, sizes: dict[str, Any]) 
               f"{res['cpu_s']:6.1f} s CPU, load {res['load']:.1f}", flush=True)  # fmt: skip
         return res
 
-    for mode in modes:
-        one(mode, n0, "warmup")
-    results: list[dict[str, dict[str, float]]] = []
-    for r in range(rounds):
-        order = list(modes) if r % 2 == 0 else list(reversed(modes))
-        runs: dict[str, dict[int, dict[str, float]]] = {m: {} for m in order}
-        for steps in (n0, n1):
-            for mode in order:
-                runs[mode][steps] = one(mode, steps, f"r{r}")
-        results.append(
-            {
-                m: {
-                    **periods(runs[m], n0, n1),
-                    "tokens_per_step": runs[m][n1]["tokens_per_step"],
-                    "load": runs[m][n1]["load"],
-                }
-                for m in order
-            }
-        )
+    results = interleaved_rounds(list(modes), one, n0, n1, rounds)
     summary = paired_summary(results, "decoupled_topk", "on_policy")
     return {
         "n0": n0,
