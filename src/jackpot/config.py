@@ -169,6 +169,11 @@ class RolloutConfig:
     engine: str = "hf"
     """Who samples: ``hf`` (jackpot's transformers decode loop: tiny models, CPU) or ``vllm``
     (``pip install jackpot[vllm]``: real models on GPUs); both record the same ``p_inf``."""
+    lean_decode: bool = True
+    """``engine=hf``: decode Llama-family models (Llama, Qwen2, Qwen3) with jackpot's own
+    step over the model's modules and a preallocated KV cache (the same values as the
+    model's forward, a fraction of its per-token overhead); false, or any other model, runs
+    the model's forward per token."""
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
     """Options of the vLLM engine; ignored when ``engine=hf``."""
 

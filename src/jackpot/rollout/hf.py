@@ -4,8 +4,8 @@ Why not ``model.generate``: in transformers 5.x ``generate(do_sample=True)`` sil
 ``top_k=50`` and ``min_new_tokens`` sets EOS scores to ``-inf``, so the distribution actually
 sampled from differs from the one a user asked for, and recovering it from the returned
 scores is fragile. Here every token is drawn from :func:`sampling_logprobs` of the model's
-logits, and exactly those log-probs are recorded. The loop was also faster than
-``generate`` on tiny CPU models (figures in the module's benchmark note in the README).
+logits, and exactly those log-probs are recorded. The model's forward per token, or for the
+Llama family a leaner step over its modules, comes from :mod:`jackpot.rollout.decode`.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ from typing import TypedDict
 
 import torch
 from torch import Tensor, nn
-from transformers import DynamicCache, PreTrainedModel
+from transformers import PreTrainedModel
 
 from jackpot.rollout.batch import RolloutBatch, left_pad
+from jackpot.rollout.decode import Decode, start_decode
 from jackpot.rollout.engine import RolloutEngine, SamplingParams
 from jackpot.rollout.sampling import sample_tokens, sampling_logprobs, topk_with_sampled
 
@@ -39,19 +40,29 @@ class HFRolloutEngine(RolloutEngine):
     """Batched sampling from a transformers causal LM (Qwen2, Llama, ...) with a KV cache."""
 
     def __init__(
-        self, model: PreTrainedModel, pad_token_id: int, done_check_every: int | None = None
+        self,
+        model: PreTrainedModel,
+        pad_token_id: int,
+        done_check_every: int | None = None,
+        lean_decode: bool = True,
     ) -> None:
         """Wrap ``model``; ``pad_token_id`` pads prompts (left) and finished responses (right).
 
         ``done_check_every``: decode steps between checks that every row has stopped. Each
         check is a host sync on an accelerator; on a CPU it is free, while a late check runs
         forwards whose tokens are cut off. Default: every step on CPU, every 8 elsewhere.
+
+        ``lean_decode``: decode Llama-family models (Llama, Qwen2, Qwen3) with
+        :class:`~jackpot.rollout.decode.LlamaDecode` rather than the model's forward per token
+        (same values, a fraction of the per-token overhead); other models always use the
+        forward.
         """
         if done_check_every is not None and done_check_every < 1:
             raise ValueError(f"done_check_every must be >= 1 or None, got {done_check_every}")
         self.model = model
         self.pad_token_id = pad_token_id
         self.done_check_every = done_check_every
+        self.lean_decode = lean_decode
         self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
 
     def sync_weights(self, model: nn.Module) -> None:
@@ -74,21 +85,27 @@ class HFRolloutEngine(RolloutEngine):
         if group_size < 1:
             raise ValueError(f"group_size must be >= 1, got {group_size}")
         device = self.model.device
-        prompts, prompt_mask = left_pad(prompt_ids, self.pad_token_id)
-        prompts = prompts.repeat_interleave(group_size, dim=0).to(device)  # (N, P)
-        prompt_mask = prompt_mask.repeat_interleave(group_size, dim=0).to(device)  # (N, P)
-        group_ids = torch.arange(len(prompt_ids), device=device).repeat_interleave(group_size)
+        prompts, prompt_mask = left_pad(prompt_ids, self.pad_token_id)  # (U, P) distinct
+        prompts, prompt_mask = prompts.to(device), prompt_mask.to(device)
         was_training = self.model.training
         self.model.eval()
         try:
             with torch.no_grad():
-                record = self._decode(prompts, prompt_mask, params, generator)
+                decode = start_decode(
+                    self.model,
+                    prompts,
+                    prompt_mask,
+                    group_size,
+                    params.max_new_tokens,
+                    lean=self.lean_decode,
+                )
+                record = self._decode(decode, params, generator)
         finally:
             self.model.train(was_training)
         return RolloutBatch(
-            prompt_ids=prompts,
-            prompt_mask=prompt_mask,
-            group_ids=group_ids,
+            prompt_ids=prompts.repeat_interleave(group_size, dim=0),  # (N, P)
+            prompt_mask=prompt_mask.repeat_interleave(group_size, dim=0),
+            group_ids=torch.arange(len(prompt_ids), device=device).repeat_interleave(group_size),
             params=params,
             pad_token_id=self.pad_token_id,
             vocab_size=self.vocab_size,
@@ -96,48 +113,27 @@ class HFRolloutEngine(RolloutEngine):
         )
 
     def _decode(
-        self,
-        prompts: Tensor,
-        prompt_mask: Tensor,
-        params: SamplingParams,
-        generator: torch.Generator,
+        self, decode: Decode, params: SamplingParams, generator: torch.Generator
     ) -> _DecodeRecord:
-        """Prefill, then one batched forward per new token; returns the per-token records.
+        """Sample a token per step from the prefilled ``decode``; returns the per-token records.
 
         The loop only samples and feeds tokens back; which positions follow a stop token is
         worked out once at the end from the sampled tokens, and whether every row has stopped
         is asked every ``done_check_every`` tokens (the only host sync of the loop). Steps run
         past the last stop are cut off, so the records equal a check after every token.
         """
-        n, p = prompts.shape
-        device = prompts.device
+        device = decode.logits.device
+        n = decode.logits.shape[0]
         k = min(params.logprobs_k, self.vocab_size)
         every = self.done_check_every or (1 if device.type == "cpu" else 8)
         stop_ids = torch.tensor(params.stop_token_ids, dtype=torch.int64, device=device)
         pad = torch.tensor(self.pad_token_id, dtype=torch.int64, device=device)
         done = torch.zeros(n, dtype=torch.bool, device=device)
-        # Attention mask over prompt + all possible new tokens; sliced as the cache grows.
-        attention = torch.cat(
-            [prompt_mask, prompt_mask.new_ones((n, params.max_new_tokens))], dim=1
-        )  # (N, P + max_new_tokens)
-        positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)  # (N, P) left padding -> 0
-        next_position = prompt_mask.sum(-1, keepdim=True)  # (N, 1)
-        cache = DynamicCache(config=self.model.config)
-        out = self.model(
-            input_ids=prompts,
-            attention_mask=prompt_mask,
-            position_ids=positions,
-            cache=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
         tokens: list[Tensor] = []  # (N,) per step, as sampled (also after a row stopped)
         token_logp: list[Tensor] = []  # (N,) log p_inf of the sampled token
         topk: list[tuple[Tensor, Tensor]] = []  # (N, k) ids and log-probs, when k > 1
         for t in range(params.max_new_tokens):
-            logp = sampling_logprobs(
-                out.logits[:, -1], params.temperature, params.top_k, params.top_p
-            )
+            logp = sampling_logprobs(decode.logits, params.temperature, params.top_k, params.top_p)
             token = sample_tokens(logp, generator)  # (N,)
             tokens.append(token)
             token_logp.append(logp.gather(-1, token[:, None]).squeeze(-1))
@@ -147,13 +143,7 @@ class HFRolloutEngine(RolloutEngine):
             done = done | torch.isin(token, stop_ids)
             if t + 1 == params.max_new_tokens or ((t + 1) % every == 0 and bool(done.all())):
                 break
-            out = self.model(
-                input_ids=fed[:, None],
-                attention_mask=attention[:, : p + t + 1],
-                position_ids=next_position + t,
-                cache=cache,
-                use_cache=True,
-            )
+            decode.step(fed, t)
         return self._records(tokens, token_logp, topk, stop_ids)
 
     def _records(

@@ -1,0 +1,223 @@
+"""KV-cache decoding for the transformers rollout engine: prefill once, then one token a step.
+
+Two implementations of one interface (:class:`Decode`):
+
+- :class:`TransformersDecode` calls the model's own forward for every token; it serves any
+  causal LM transformers can cache.
+- :class:`LlamaDecode` runs the same computation for the Llama family (``llama``, ``qwen2``,
+  ``qwen3``) from the model's own submodules (norms, projections, MLP, rotary embedding)
+  with a preallocated KV cache. It skips what transformers' forward redoes at every call
+  (mask construction, cache concatenation, rotary tables, output wrappers), which is most
+  of a small model's decode time on a CPU; the values are the model's (tests compare
+  them with its forward to float64 round-off).
+
+Both prefill each distinct prompt once and share its cache across the prompt's group: the
+``G`` responses to one prompt start from the same prompt state and first-token logits.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, cast
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import DynamicCache
+
+__all__ = ["Decode", "LlamaDecode", "TransformersDecode", "lean_decode_refusal", "start_decode"]
+
+LEAN_MODEL_TYPES = ("llama", "qwen2", "qwen3")
+"""``config.model_type`` values :class:`LlamaDecode` reproduces (pre-norm, RMSNorm, rotary
+attention with optional q/k norms, gated MLP, untied or tied head without logit scaling)."""
+
+STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
+"""Rotary variants whose cos/sin depend on the position only, so they can be tabulated
+once per rollout (``dynamic`` and ``longrope`` rescale with the sequence length)."""
+
+
+class Decode(ABC):
+    """A batch of ``N = U x G`` sequences being decoded; ``logits`` predict the next token."""
+
+    logits: Tensor
+    """``(N, V)`` next-token logits of every sequence."""
+
+    @abstractmethod
+    def step(self, tokens: Tensor, t: int) -> None:
+        """Feed response token ``t`` ``(N,)`` of every sequence and update :attr:`logits`."""
+
+
+def _prefill(model: nn.Module, prompts: Tensor, mask: Tensor) -> tuple[Tensor, DynamicCache]:
+    """The model's forward over the distinct left-padded prompts ``(U, P)``.
+
+    Positions count real tokens only, so left padding does not shift them. Returns the
+    last position's logits ``(U, V)`` and the filled cache.
+    """
+    cache = DynamicCache(config=cast(Any, model).config)
+    out = model(
+        input_ids=prompts,
+        attention_mask=mask,
+        position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+        cache=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    return out.logits[:, -1], cache
+
+
+class TransformersDecode(Decode):
+    """Decoding through the model's own forward and transformers' ``DynamicCache``."""
+
+    def __init__(
+        self, model: nn.Module, prompts: Tensor, mask: Tensor, group: int, max_new_tokens: int
+    ) -> None:
+        """Prefill the distinct prompts ``(U, P)`` and repeat the state ``group`` times."""
+        logits, cache = _prefill(model, prompts, mask)
+        cache.batch_repeat_interleave(group)
+        full = mask.repeat_interleave(group, dim=0)  # (N, P)
+        self.model = model
+        self.cache = cache
+        self.logits = logits.repeat_interleave(group, dim=0)
+        self.prompt_len = prompts.shape[1]
+        # Attention mask over prompt + every possible new token; sliced as the cache grows.
+        self.attention = torch.cat([full, full.new_ones((full.shape[0], max_new_tokens))], dim=1)
+        self.next_position = full.sum(-1, keepdim=True)  # (N, 1)
+
+    def step(self, tokens: Tensor, t: int) -> None:
+        """One forward of the model on token ``t`` with the cache."""
+        out = self.model(
+            input_ids=tokens[:, None],
+            attention_mask=self.attention[:, : self.prompt_len + t + 1],
+            position_ids=self.next_position + t,
+            cache=self.cache,
+            use_cache=True,
+        )
+        self.logits = out.logits[:, -1]
+
+
+def lean_decode_refusal(model: nn.Module) -> str | None:
+    """Why :class:`LlamaDecode` cannot reproduce ``model``, or None when it can."""
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if model_type not in LEAN_MODEL_TYPES:
+        return f"model_type {model_type!r} is not one of {LEAN_MODEL_TYPES}"
+    if any(
+        "FullyShardedDataParallel" in type(m).__name__ or type(m).__name__.startswith("FSDP")
+        for m in model.modules()
+    ):
+        return "the model is sharded (FSDP): only its wrapped forward gathers the weights"
+    layer_types = getattr(config, "layer_types", None) or ["full_attention"]
+    if any(kind != "full_attention" for kind in layer_types):
+        return "the model has sliding-window layers"
+    base = getattr(model, "model", None)
+    parts = ("embed_tokens", "layers", "norm", "rotary_emb")
+    if base is None or not all(hasattr(base, p) for p in parts) or not hasattr(model, "lm_head"):
+        return "the model lacks the model.{embed_tokens,layers,norm,rotary_emb} / lm_head layout"
+    rope_type = getattr(base.rotary_emb, "rope_type", "default")
+    if rope_type not in STATIC_ROPE_TYPES:
+        return f"rope_type {rope_type!r} rescales with the sequence length"
+    layer_parts = ("input_layernorm", "post_attention_layernorm", "mlp", "self_attn")
+    attn_parts = ("q_proj", "k_proj", "v_proj", "o_proj", "scaling", "head_dim")
+    for layer in base.layers:
+        attn = getattr(layer, "self_attn", None)
+        if not all(hasattr(layer, p) for p in layer_parts) or not all(
+            hasattr(attn, p) for p in attn_parts
+        ):
+            return "a decoder layer lacks the Llama-family submodules"
+    return None
+
+
+def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotary embedding of ``x`` ``(..., D)`` in the rotate-half layout of the Llama family."""
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+
+
+class LlamaDecode(Decode):
+    """The Llama family's decode step from the model's submodules, with a preallocated cache.
+
+    Per token and layer: input norm, q/k/v projections (q/k norms where the model has them),
+    rotary embedding from a table built once, a write into the cache buffers, attention over
+    the filled prefix, output projection and residual, post-attention norm, MLP and residual.
+    """
+
+    def __init__(
+        self, model: nn.Module, prompts: Tensor, mask: Tensor, group: int, max_new_tokens: int
+    ) -> None:
+        """Prefill with the model's forward, then copy its cache into ``(N, H_kv, P + T, D)``
+        buffers, one pair per layer, repeated ``group`` times."""
+        logits, cache = _prefill(model, prompts, mask)
+        m: Any = model
+        self.model, self.base = m, m.model
+        n, p = prompts.shape[0] * group, prompts.shape[1]
+        self.keys: list[Tensor] = []
+        self.values: list[Tensor] = []
+        for layer in cast(list[Any], cache.layers):  # DynamicLayer: keys, values (U, H, P, D)
+            for filled, out in ((layer.keys, self.keys), (layer.values, self.values)):
+                heads, dim = filled.shape[1], filled.shape[3]
+                buffer = filled.new_empty((n, heads, p + max_new_tokens, dim))
+                buffer[:, :, :p] = filled.repeat_interleave(group, dim=0)
+                out.append(buffer)
+        full = mask.repeat_interleave(group, dim=0).bool()  # (N, P)
+        self.mask = (
+            None
+            if bool(full.all())  # no left padding: every cached position is attended
+            else torch.cat([full, full.new_ones((n, max_new_tokens))], dim=1)[:, None, None]
+        )  # (N, 1, 1, P + T)
+        positions = full.sum(-1, keepdim=True) + torch.arange(max_new_tokens, device=full.device)
+        cos, sin = self.base.rotary_emb(self.keys[0], positions)  # (N, T, D) each
+        self.cos, self.sin = cos[:, None], sin[:, None]  # (N, 1, T, D): broadcast over heads
+        self.prompt_len = p
+        self.logits = logits.repeat_interleave(group, dim=0)
+
+    def step(self, tokens: Tensor, t: int) -> None:
+        """Run token ``t`` through every layer and the head."""
+        n, end = tokens.shape[0], self.prompt_len + t + 1
+        cos, sin = self.cos[:, :, t : t + 1], self.sin[:, :, t : t + 1]
+        mask = None if self.mask is None else self.mask[..., :end]
+        hidden = self.base.embed_tokens(tokens[:, None])  # (N, 1, H)
+        for layer, keys, values in zip(self.base.layers, self.keys, self.values, strict=True):
+            attn = layer.self_attn
+            x = layer.input_layernorm(hidden)
+            q = attn.q_proj(x).view(n, 1, -1, attn.head_dim)
+            k = attn.k_proj(x).view(n, 1, -1, attn.head_dim)
+            if hasattr(attn, "q_norm"):  # Qwen3: RMSNorm over each head before the rotation
+                q, k = attn.q_norm(q), attn.k_norm(k)
+            q = _rotate(q.transpose(1, 2), cos, sin)  # (N, H_q, 1, D)
+            keys[:, :, end - 1 : end] = _rotate(k.transpose(1, 2), cos, sin)
+            v = attn.v_proj(x).view(n, 1, -1, attn.head_dim)
+            values[:, :, end - 1 : end] = v.transpose(1, 2)
+            out = _attend(q, keys[:, :, :end], values[:, :, :end], mask, attn.scaling)
+            hidden = hidden + attn.o_proj(out.reshape(n, 1, -1))
+            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+        self.logits = self.model.lm_head(self.base.norm(hidden))[:, -1]
+
+
+def _attend(q: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None, scale: float) -> Tensor:
+    """One query per sequence ``(N, H_q, 1, D)`` over ``(N, H_kv, L, D)`` keys and values.
+
+    Grouped-query attention without copying the cache: the ``H_q / H_kv`` query heads that
+    share a key/value head become that head's query rows. Returns ``(N, 1, H_q, D)``.
+    """
+    n, heads, _, dim = q.shape
+    grouped = q.reshape(n, keys.shape[1], -1, dim)  # (N, H_kv, H_q / H_kv, D)
+    out = F.scaled_dot_product_attention(grouped, keys, values, attn_mask=mask, scale=scale)
+    return out.reshape(n, heads, 1, dim).transpose(1, 2)
+
+
+def start_decode(
+    model: nn.Module,
+    prompts: Tensor,
+    mask: Tensor,
+    group: int,
+    max_new_tokens: int,
+    lean: bool = True,
+) -> Decode:
+    """Prefill the distinct prompts ``(U, P)`` for ``group`` responses each.
+
+    ``lean``: use :class:`LlamaDecode` when :func:`lean_decode_refusal` allows it, else
+    :class:`TransformersDecode`.
+    """
+    if lean and lean_decode_refusal(model) is None:
+        return LlamaDecode(model, prompts, mask, group, max_new_tokens)
+    return TransformersDecode(model, prompts, mask, group, max_new_tokens)
