@@ -62,29 +62,35 @@ def _model(family: str) -> torch.nn.Module:
 
 @pytest.mark.parametrize("family", ["qwen2", "llama", "qwen3"])
 def test_lean_step_equals_the_models_forward(family: str) -> None:
-    """Next-token logits after prefill and after each of 6 fed tokens agree to 1e-12, and
-    equal a fresh forward over the whole (unpadded) sequence."""
+    """Next-token logits after prefill and after each of 6 fed tokens agree to 1e-12, also
+    after rows are dropped mid-way, and equal a fresh forward over each whole (unpadded)
+    sequence."""
     model = _model(family)
     assert lean_decode_refusal(model) is None
     ids, mask = left_pad(PROMPTS, 0)
     group, steps = 3, 6
+    rows = torch.arange(len(PROMPTS) * group)
     gen = torch.Generator().manual_seed(0)
-    fed = []
+    fed = torch.zeros((len(rows), 0), dtype=torch.int64)
     with torch.no_grad():
         lean = LlamaDecode(model, ids, mask, group, steps)
         plain = TransformersDecode(model, ids, mask, group, steps)
         for t in range(steps):
             torch.testing.assert_close(lean.logits, plain.logits, atol=1e-12, rtol=0)
+            if t == 3:  # rows 1, 3, 4, 6 and 8 "stopped"
+                keep = torch.tensor([0, 2, 5, 7])
+                lean.select(keep)
+                plain.select(keep)
+                rows, fed = rows[keep], fed[keep]
             token = torch.multinomial(lean.logits.softmax(-1), 1, generator=gen).squeeze(-1)
-            fed.append(token)
+            fed = torch.cat([fed, token[:, None]], dim=1)
             lean.step(token, t)
             plain.step(token, t)
         torch.testing.assert_close(lean.logits, plain.logits, atol=1e-12, rtol=0)
-        for row in range(len(PROMPTS) * group):
-            prompt = torch.tensor(PROMPTS[row // group])
-            full = torch.cat([prompt, torch.stack(fed, 1)[row]])
+        for i, row in enumerate(rows.tolist()):
+            full = torch.cat([torch.tensor(PROMPTS[row // group]), fed[i]])
             fresh = model(full[None]).logits[0, -1]
-            torch.testing.assert_close(lean.logits[row], fresh, atol=1e-10, rtol=0)
+            torch.testing.assert_close(lean.logits[i], fresh, atol=1e-10, rtol=0)
 
 
 def test_models_the_lean_step_cannot_reproduce_use_the_forward() -> None:

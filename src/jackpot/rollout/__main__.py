@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -171,6 +171,8 @@ class _Generation:
     reward: str
     seed: int
     metadata: dict[str, Any]
+    lean_decode: bool = True
+    """``rollout.lean_decode`` of the config (the engine's default without one)."""
 
 
 def _from_config(args: argparse.Namespace) -> _Generation:
@@ -216,7 +218,15 @@ def _from_config(args: argparse.Namespace) -> _Generation:
     }
     model = _build_model(cfg, "rollout_model", tokenizer, cfg.warmstart.steps)
     return _Generation(
-        tokenizer, model, examples, r.group_size, params, cfg.task.reward, seed, metadata
+        tokenizer,
+        model,
+        examples,
+        r.group_size,
+        params,
+        cfg.task.reward,
+        seed,
+        metadata,
+        lean_decode=r.lean_decode,
     )
 
 
@@ -261,7 +271,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     g = _from_config(args) if args.config or args.overrides else _from_flags(args)
     reward_fn = get_reward(g.reward)
     prompt_ids = [g.tokenizer.encode(e.prompt) for e in g.examples]
-    engine = HFRolloutEngine(g.model, g.tokenizer.pad_token_id)
+    engine = HFRolloutEngine(g.model, g.tokenizer.pad_token_id, lean_decode=g.lean_decode)
     batch = engine.generate(
         prompt_ids, g.group_size, g.params, torch.Generator().manual_seed(g.seed)
     )
@@ -312,7 +322,8 @@ def cmd_inspect(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    """Best-of-``--repeats`` tokens/s of the manual decode loop and of ``model.generate``."""
+    """Best-of-``--repeats`` tokens/s of the engine's decode loop (lean Llama-family step, and
+    the model's forward per token) and of ``model.generate``."""
     from transformers import GenerationConfig
 
     from jackpot.rollout.hf import HFRolloutEngine
@@ -321,7 +332,10 @@ def cmd_bench(args: argparse.Namespace) -> None:
     model = _model(args, tokenizer).eval()
     prompts = [tokenizer.encode(f"{i}+{3 * i}=") for i in range(args.n_seqs)]
     params = SamplingParams(max_new_tokens=args.tokens, logprobs_k=8)  # no stop: full length
-    engine = HFRolloutEngine(model, tokenizer.pad_token_id)
+    engines = {
+        "lean decode step": HFRolloutEngine(model, tokenizer.pad_token_id),
+        "forward per token": HFRolloutEngine(model, tokenizer.pad_token_id, lean_decode=False),
+    }
     ids, mask = left_pad(prompts, tokenizer.pad_token_id)
     config = GenerationConfig(
         do_sample=True, top_k=0, top_p=1.0, max_new_tokens=args.tokens, min_new_tokens=0,
@@ -329,15 +343,16 @@ def cmd_bench(args: argparse.Namespace) -> None:
         output_scores=True, return_dict_in_generate=True,
     )  # fmt: skip
 
-    def manual() -> None:
-        engine.generate(prompts, 1, params, torch.Generator().manual_seed(0))
+    def loop(engine: HFRolloutEngine) -> Callable[[], None]:
+        return lambda: engine.generate(prompts, 1, params, torch.Generator().manual_seed(0))
 
     def hf_generate() -> None:
         with torch.no_grad():
             model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
 
     tokens = args.n_seqs * args.tokens
-    for name, fn in (("manual decode loop", manual), ("model.generate", hf_generate)):
+    runs = [(name, loop(engine)) for name, engine in engines.items()]
+    for name, fn in (*runs, ("model.generate", hf_generate)):
         fn()  # warm-up
         best = float("inf")
         for _ in range(args.repeats):

@@ -12,7 +12,9 @@ Two implementations of one interface (:class:`Decode`):
   them with its forward to float64 round-off).
 
 Both prefill each distinct prompt once and share its cache across the prompt's group: the
-``G`` responses to one prompt start from the same prompt state and first-token logits.
+``G`` responses to one prompt start from the same prompt state and first-token logits, and
+both let the caller drop rows whose response has ended (:meth:`Decode.select`), so later
+steps compute only the rows still generating.
 """
 
 from __future__ import annotations
@@ -37,14 +39,19 @@ once per rollout (``dynamic`` and ``longrope`` rescale with the sequence length)
 
 
 class Decode(ABC):
-    """A batch of ``N = U x G`` sequences being decoded; ``logits`` predict the next token."""
+    """A batch of sequences being decoded (``N = U x G`` at the start); ``logits`` predict
+    each one's next token."""
 
     logits: Tensor
-    """``(N, V)`` next-token logits of every sequence."""
+    """``(n, V)`` next-token logits of the ``n`` sequences still in the batch."""
 
     @abstractmethod
     def step(self, tokens: Tensor, t: int) -> None:
-        """Feed response token ``t`` ``(N,)`` of every sequence and update :attr:`logits`."""
+        """Feed response token ``t`` ``(n,)`` of every sequence and update :attr:`logits`."""
+
+    @abstractmethod
+    def select(self, keep: Tensor) -> None:
+        """Keep only the sequences at positions ``keep`` ``(m,)`` of the batch, in that order."""
 
 
 def _prefill(model: nn.Module, prompts: Tensor, mask: Tensor) -> tuple[Tensor, DynamicCache]:
@@ -82,6 +89,13 @@ class TransformersDecode(Decode):
         # Attention mask over prompt + every possible new token; sliced as the cache grows.
         self.attention = torch.cat([full, full.new_ones((full.shape[0], max_new_tokens))], dim=1)
         self.next_position = full.sum(-1, keepdim=True)  # (N, 1)
+
+    def select(self, keep: Tensor) -> None:
+        """Drop the other rows from the cache and the per-row state."""
+        self.cache.batch_select_indices(keep)
+        self.logits = self.logits[keep]
+        self.attention = self.attention[keep]
+        self.next_position = self.next_position[keep]
 
     def step(self, tokens: Tensor, t: int) -> None:
         """One forward of the model on token ``t`` with the cache."""
@@ -169,6 +183,14 @@ class LlamaDecode(Decode):
         self.cos, self.sin = cos[:, None], sin[:, None]  # (N, 1, T, D): broadcast over heads
         self.prompt_len = p
         self.logits = logits.repeat_interleave(group, dim=0)
+
+    def select(self, keep: Tensor) -> None:
+        """Copy the kept rows of the cache buffers, mask and rotary tables."""
+        self.keys = [k[keep] for k in self.keys]
+        self.values = [v[keep] for v in self.values]
+        self.mask = None if self.mask is None else self.mask[keep]
+        self.cos, self.sin = self.cos[keep], self.sin[keep]
+        self.logits = self.logits[keep]
 
     def step(self, tokens: Tensor, t: int) -> None:
         """Run token ``t`` through every layer and the head."""

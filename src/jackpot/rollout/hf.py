@@ -118,22 +118,31 @@ class HFRolloutEngine(RolloutEngine):
         """Sample a token per step from the prefilled ``decode``; returns the per-token records.
 
         The loop only samples and feeds tokens back; which positions follow a stop token is
-        worked out once at the end from the sampled tokens, and whether every row has stopped
-        is asked every ``done_check_every`` tokens (the only host sync of the loop). Steps run
-        past the last stop are cut off, so the records equal a check after every token.
+        worked out once at the end from the sampled tokens, and whether rows have stopped is
+        asked every ``done_check_every`` tokens (the only host sync of the loop). There the
+        loop ends when every row has stopped, and otherwise drops the stopped rows from the
+        decode batch once they are at least an eighth of it: later forwards compute only
+        rows still generating. Every step still samples all ``N`` rows (stopped rows from
+        placeholder logits, their tokens masked at the end), so the generator's stream, and
+        with it every live row's tokens, does not depend on when rows were dropped. Steps
+        run past the last stop are cut off, so the records equal a check after every token.
         """
-        device = decode.logits.device
-        n = decode.logits.shape[0]
+        logits = decode.logits
+        device, (n, vocab) = logits.device, logits.shape
         k = min(params.logprobs_k, self.vocab_size)
         every = self.done_check_every or (1 if device.type == "cpu" else 8)
         stop_ids = torch.tensor(params.stop_token_ids, dtype=torch.int64, device=device)
         pad = torch.tensor(self.pad_token_id, dtype=torch.int64, device=device)
         done = torch.zeros(n, dtype=torch.bool, device=device)
+        rows = torch.arange(n, device=device)  # the decode batch's rows in the full batch
         tokens: list[Tensor] = []  # (N,) per step, as sampled (also after a row stopped)
         token_logp: list[Tensor] = []  # (N,) log p_inf of the sampled token
         topk: list[tuple[Tensor, Tensor]] = []  # (N, k) ids and log-probs, when k > 1
         for t in range(params.max_new_tokens):
-            logp = sampling_logprobs(decode.logits, params.temperature, params.top_k, params.top_p)
+            logits = decode.logits
+            if len(rows) < n:  # stopped rows: placeholder logits, their tokens are masked
+                logits = logits.new_zeros((n, vocab)).index_copy_(0, rows, logits)
+            logp = sampling_logprobs(logits, params.temperature, params.top_k, params.top_p)
             token = sample_tokens(logp, generator)  # (N,)
             tokens.append(token)
             token_logp.append(logp.gather(-1, token[:, None]).squeeze(-1))
@@ -141,9 +150,18 @@ class HFRolloutEngine(RolloutEngine):
                 topk.append(topk_with_sampled(logp, token, k))
             fed = torch.where(done, pad, token)  # rows that stopped before t are fed padding
             done = done | torch.isin(token, stop_ids)
-            if t + 1 == params.max_new_tokens or ((t + 1) % every == 0 and bool(done.all())):
+            if t + 1 == params.max_new_tokens:
                 break
-            decode.step(fed, t)
+            if (t + 1) % every == 0:
+                live = ~done[rows]
+                n_live = int(live.sum())
+                if n_live == 0:
+                    break
+                if 8 * (len(rows) - n_live) >= len(rows):
+                    keep = live.nonzero().squeeze(-1)
+                    decode.select(keep)
+                    rows = rows[keep]
+            decode.step(fed[rows], t)
         return self._records(tokens, token_logp, topk, stop_ids)
 
     def _records(
