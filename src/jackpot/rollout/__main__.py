@@ -343,7 +343,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         output_scores=True, return_dict_in_generate=True,
     )  # fmt: skip
 
-    def loop(engine: HFRolloutEngine) -> Callable[[], None]:
+    def loop(engine: HFRolloutEngine) -> Callable[[], object]:
         return lambda: engine.generate(prompts, 1, params, torch.Generator().manual_seed(0))
 
     def hf_generate() -> None:
