@@ -29,6 +29,8 @@ from jackpot.rollout.hf import HFRolloutEngine
 
 PROMPTS = [[1, 5, 6, 7], [1, 8], [1, 9, 9, 4, 3, 3, 10]]
 """Ragged: the shorter prompts are left-padded, so the attention mask matters."""
+EQUAL = [[1, 5, 6, 7], [1, 8, 2, 3], [4, 4, 4, 4]]
+"""No padding: the prefill is plainly causal and decode steps attend to every slot."""
 SIZES: dict[str, Any] = {
     "vocab_size": 20,
     "hidden_size": 32,
@@ -60,16 +62,17 @@ def _model(family: str) -> torch.nn.Module:
     return model.double().eval()
 
 
+@pytest.mark.parametrize("prompts", [PROMPTS, EQUAL], ids=["ragged", "equal"])
 @pytest.mark.parametrize("family", ["qwen2", "llama", "qwen3"])
-def test_lean_step_equals_the_models_forward(family: str) -> None:
+def test_lean_step_equals_the_models_forward(family: str, prompts: list[list[int]]) -> None:
     """Next-token logits after prefill and after each of 6 fed tokens agree to 1e-12, also
     after rows are dropped mid-way, and equal a fresh forward over each whole (unpadded)
     sequence."""
     model = _model(family)
     assert lean_decode_refusal(model) is None
-    ids, mask = left_pad(PROMPTS, 0)
+    ids, mask = left_pad(prompts, 0)
     group, steps = 3, 6
-    rows = torch.arange(len(PROMPTS) * group)
+    rows = torch.arange(len(prompts) * group)
     gen = torch.Generator().manual_seed(0)
     fed = torch.zeros((len(rows), 0), dtype=torch.int64)
     with torch.no_grad():
@@ -88,7 +91,7 @@ def test_lean_step_equals_the_models_forward(family: str) -> None:
             plain.step(token, t)
         torch.testing.assert_close(lean.logits, plain.logits, atol=1e-12, rtol=0)
         for i, row in enumerate(rows.tolist()):
-            full = torch.cat([torch.tensor(PROMPTS[row // group]), fed[i]])
+            full = torch.cat([torch.tensor(prompts[row // group]), fed[i]])
             fresh = model(full[None]).logits[0, -1]
             torch.testing.assert_close(lean.logits[i], fresh, atol=1e-10, rtol=0)
 

@@ -148,83 +148,122 @@ def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 class LlamaDecode(Decode):
-    """The Llama family's decode step from the model's submodules, with a preallocated cache.
+    """The Llama family's forward from the model's submodules, with a preallocated cache.
 
-    Per token and layer: input norm, q/k/v projections (q/k norms where the model has them),
-    rotary embedding from a table built once, a write into the cache buffers, attention over
-    the filled prefix, output projection and residual, post-attention norm, MLP and residual.
+    Per layer: input norm, q/k/v projections (q/k norms where the model has them), rotary
+    embedding from tables built once, a write into the cache buffers, attention over the
+    filled prefix, output projection and residual, post-attention norm, MLP and residual.
+    The prefill runs the distinct prompts through the same layers, causally masked.
     """
 
     def __init__(
         self, model: nn.Module, prompts: Tensor, mask: Tensor, group: int, max_new_tokens: int
     ) -> None:
-        """Prefill with the model's forward, then copy its cache into ``(N, H_kv, P + T, D)``
-        buffers, one pair per layer, repeated ``group`` times."""
-        logits, cache = _prefill(model, prompts, mask)
+        """Prefill the distinct prompts ``(U, P)`` into ``(U, H_kv, P + T, D)`` buffers, one
+        pair per layer, then repeat every row ``group`` times."""
         m: Any = model
         self.model, self.base = m, m.model
-        n, p = prompts.shape[0] * group, prompts.shape[1]
+        (u, p), length = prompts.shape, prompts.shape[1] + max_new_tokens
+        real = mask.bool()
         self.keys: list[Tensor] = []
         self.values: list[Tensor] = []
-        for layer in cast(list[Any], cache.layers):  # DynamicLayer: keys, values (U, H, P, D)
-            for filled, out in ((layer.keys, self.keys), (layer.values, self.values)):
-                heads, dim = filled.shape[1], filled.shape[3]
-                buffer = filled.new_empty((n, heads, p + max_new_tokens, dim))
-                buffer[:, :, :p] = filled.repeat_interleave(group, dim=0)
-                out.append(buffer)
-        full = mask.repeat_interleave(group, dim=0).bool()  # (N, P)
+        weight = self.base.embed_tokens.weight
+        for layer in self.base.layers:
+            attn = layer.self_attn
+            heads = attn.k_proj.weight.shape[0] // attn.head_dim
+            for out in (self.keys, self.values):
+                out.append(weight.new_empty((u, heads, length, attn.head_dim)))
+        # Prefill: query i sees keys j <= i that are real tokens; a padding query sees itself
+        # only (its output is never used, and a row with nothing to attend to would be NaN).
+        causal = torch.ones((p, p), dtype=torch.bool, device=real.device).tril()
+        eye = torch.eye(p, dtype=torch.bool, device=real.device)
+        attend = None if bool(real.all()) else (causal & (real[:, None, :] | eye))[:, None]
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (U, P): real tokens only
+        hidden = self._layers(self.base.embed_tokens(prompts), positions, attend, 0)
+        self.logits = self._head(hidden[:, -1:]).repeat_interleave(group, dim=0)
+        self.keys = [k.repeat_interleave(group, dim=0) for k in self.keys]
+        self.values = [v.repeat_interleave(group, dim=0) for v in self.values]
+        full = real.repeat_interleave(group, dim=0)  # (N, P)
         self.mask = (
             None
-            if bool(full.all())  # no left padding: every cached position is attended
-            else torch.cat([full, full.new_ones((n, max_new_tokens))], dim=1)[:, None, None]
+            if attend is None  # no left padding: every cached position is attended
+            else torch.cat([full, full.new_ones((len(full), max_new_tokens))], dim=1)[:, None, None]
         )  # (N, 1, 1, P + T)
-        positions = full.sum(-1, keepdim=True) + torch.arange(max_new_tokens, device=full.device)
-        cos, sin = self.base.rotary_emb(self.keys[0], positions)  # (N, T, D) each
-        self.cos, self.sin = cos[:, None], sin[:, None]  # (N, 1, T, D): broadcast over heads
+        self.next_position = full.sum(-1, keepdim=True)  # (N, 1)
         self.prompt_len = p
-        self.logits = logits.repeat_interleave(group, dim=0)
 
     def select(self, keep: Tensor) -> None:
-        """Copy the kept rows of the cache buffers, mask and rotary tables."""
+        """Copy the kept rows of the cache buffers, mask and positions."""
         self.keys = [k[keep] for k in self.keys]
         self.values = [v[keep] for v in self.values]
         self.mask = None if self.mask is None else self.mask[keep]
-        self.cos, self.sin = self.cos[keep], self.sin[keep]
+        self.next_position = self.next_position[keep]
         self.logits = self.logits[keep]
 
     def step(self, tokens: Tensor, t: int) -> None:
         """Run token ``t`` through every layer and the head."""
-        n, end = tokens.shape[0], self.prompt_len + t + 1
-        cos, sin = self.cos[:, :, t : t + 1], self.sin[:, :, t : t + 1]
+        end = self.prompt_len + t + 1
         mask = None if self.mask is None else self.mask[..., :end]
-        hidden = self.base.embed_tokens(tokens[:, None])  # (N, 1, H)
+        hidden = self.base.embed_tokens(tokens[:, None])  # (n, 1, H)
+        hidden = self._layers(hidden, self.next_position + t, mask, end - 1)
+        self.logits = self._head(hidden)
+
+    def _layers(self, hidden: Tensor, positions: Tensor, mask: Tensor | None, start: int) -> Tensor:
+        """Hidden states ``(n, s, H)`` of tokens at cache slots ``start ... start + s - 1`` and
+        rotary positions ``positions`` ``(n, s)``, through every decoder layer.
+
+        ``mask`` ``(n, 1, s, start + s)``: which cached slots each query sees; None for all
+        of them up to its own slot (causal, or everything when ``s == 1``).
+        """
+        n, s, _ = hidden.shape
+        end = start + s
+        cos, sin = self.base.rotary_emb(hidden, positions)  # (n, s, D)
+        cos, sin = cos[:, None], sin[:, None]  # broadcast over heads
         for layer, keys, values in zip(self.base.layers, self.keys, self.values, strict=True):
             attn = layer.self_attn
             x = layer.input_layernorm(hidden)
-            q = attn.q_proj(x).view(n, 1, -1, attn.head_dim)
-            k = attn.k_proj(x).view(n, 1, -1, attn.head_dim)
+            q = attn.q_proj(x).view(n, s, -1, attn.head_dim)
+            k = attn.k_proj(x).view(n, s, -1, attn.head_dim)
             if hasattr(attn, "q_norm"):  # Qwen3: RMSNorm over each head before the rotation
                 q, k = attn.q_norm(q), attn.k_norm(k)
-            q = _rotate(q.transpose(1, 2), cos, sin)  # (N, H_q, 1, D)
-            keys[:, :, end - 1 : end] = _rotate(k.transpose(1, 2), cos, sin)
-            v = attn.v_proj(x).view(n, 1, -1, attn.head_dim)
-            values[:, :, end - 1 : end] = v.transpose(1, 2)
-            out = _attend(q, keys[:, :, :end], values[:, :, :end], mask, attn.scaling)
-            hidden = hidden + attn.o_proj(out.reshape(n, 1, -1))
+            keys[:, :, start:end] = _rotate(k.transpose(1, 2), cos, sin)
+            values[:, :, start:end] = attn.v_proj(x).view(n, s, -1, attn.head_dim).transpose(1, 2)
+            out = _attend(
+                _rotate(q.transpose(1, 2), cos, sin),
+                keys[:, :, :end],
+                values[:, :, :end],
+                mask,
+                attn.scaling,
+            )
+            hidden = hidden + attn.o_proj(out.reshape(n, s, -1))
             hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
-        self.logits = self.model.lm_head(self.base.norm(hidden))[:, -1]
+        return hidden
+
+    def _head(self, hidden: Tensor) -> Tensor:
+        """Next-token logits ``(n, V)`` from the last hidden state ``(n, 1, H)``."""
+        return cast(Tensor, self.model.lm_head(self.base.norm(hidden))[:, -1])
 
 
 def _attend(q: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None, scale: float) -> Tensor:
-    """One query per sequence ``(N, H_q, 1, D)`` over ``(N, H_kv, L, D)`` keys and values.
+    """Queries ``(n, H_q, s, D)`` over ``(n, H_kv, L, D)`` keys and values -> ``(n, s, H_q, D)``.
 
     Grouped-query attention without copying the cache: the ``H_q / H_kv`` query heads that
-    share a key/value head become that head's query rows. Returns ``(N, 1, H_q, D)``.
+    share a key/value head become more query rows of that head (the mask repeated for them).
+    ``mask`` None: causal when ``s == L``, else every key (one new token over the cache).
     """
-    n, heads, _, dim = q.shape
-    grouped = q.reshape(n, keys.shape[1], -1, dim)  # (N, H_kv, H_q / H_kv, D)
-    out = F.scaled_dot_product_attention(grouped, keys, values, attn_mask=mask, scale=scale)
-    return out.reshape(n, heads, 1, dim).transpose(1, 2)
+    n, heads, s, dim = q.shape
+    kv_heads = keys.shape[1]
+    grouped = q.reshape(n, kv_heads, -1, dim)  # (n, H_kv, H_q / H_kv * s, D)
+    if mask is not None and heads > kv_heads:
+        mask = mask.repeat(1, 1, heads // kv_heads, 1)
+    causal = mask is None and s == keys.shape[2] and s > 1
+    if causal and heads > kv_heads:  # the repeated rows break is_causal's square layout
+        mask = torch.ones((s, s), dtype=torch.bool, device=q.device).tril()
+        mask, causal = mask.repeat(heads // kv_heads, 1)[None, None], False
+    out = F.scaled_dot_product_attention(
+        grouped, keys, values, attn_mask=mask, is_causal=causal, scale=scale
+    )
+    return out.reshape(n, heads, s, dim).transpose(1, 2)
 
 
 def start_decode(
