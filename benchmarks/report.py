@@ -250,6 +250,35 @@ def _e2e_md(sec: dict[str, Any]) -> list[str]:
     ]
 
 
+def _decode_md(sec: dict[str, Any]) -> list[str]:
+    out = [
+        "## 4. Rollout decode of the `hf` engine",
+        "",
+        "One seeded Qwen2 per table, `prompts x group` responses of `tokens` tokens, no stop "
+        "token; the variants interleaved repeat by repeat in one process, "
+        f"{sec['repeats']} repeats, medians (`benchmarks/decode.py`). Speed vs the old loop: "
+        "the time of `forward, every row prefilled` (the engine before it shared prefills or "
+        "had the lean step) over the variant's; > 1 is faster. " + _load(sec),
+        "",
+    ]
+    for point in sec["points"]:
+        z = point["sizes"]
+        out += [
+            f"Qwen2 {z['hidden']} x {z['layers']}, {z['prompts']} prompts x {z['group']}, "
+            f"{z['tokens']} tokens:",
+            "",
+            *_table(
+                ["variant", "ms per rollout", "speed vs the old loop"],
+                [
+                    [name, _num(1000 * v["median_s"], 4), _times(v["ratio"])]
+                    for name, v in point["variants"].items()
+                ],
+            ),
+            "",
+        ]
+    return out
+
+
 def render(results: dict[str, Any]) -> str:
     """The whole ``bench.md``: machine, targets, then one section per benchmark."""
     m = results["machine"]
@@ -277,5 +306,7 @@ def render(results: dict[str, Any]) -> str:
         *_overhead_md(results["overhead"]),
         "",
         *_e2e_md(results["e2e"]),
+        "",
+        *_decode_md(results["decode"]),
     ]
     return "\n".join(head + body) + "\n"

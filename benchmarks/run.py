@@ -1,12 +1,12 @@
 """``python -m benchmarks.run [--quick] [--out DIR] [--threads N] [--old-src DIR] [--trl]``.
 
-Runs the normaliser, sampler-overhead, end-to-end and memory sections (each measurement in
-fresh subprocesses), checks the issue's targets, and writes ``bench.json`` (every figure,
-machine facts) and ``bench.md`` (tables, ratios against the same run's baselines) to
-``--out``, and the memory section's ``memory.json`` / ``memory.md`` beside them. ``--trl``
-then runs :mod:`benchmarks.trl_compare` (TRL's GRPOTrainer vs ``jackpot.fit``, and the
-decoupled step vs on-policy; ``trl`` must be installed, as ``nox -s bench`` does) into
-``trl_compare.json`` / ``trl_compare.md``.
+Runs the normaliser, sampler-overhead, end-to-end, memory and rollout-decode sections (each
+measurement in fresh subprocesses), checks the issue's targets, and writes ``bench.json``
+(every figure, machine facts) and ``bench.md`` (tables, ratios against the same run's
+baselines) to ``--out``, and the memory section's ``memory.json`` / ``memory.md`` beside
+them. ``--trl`` then runs :mod:`benchmarks.trl_compare` (TRL's GRPOTrainer vs
+``jackpot.fit``, and the decoupled step vs on-policy; ``trl`` must be installed, as
+``nox -s bench`` does) into ``trl_compare.json`` / ``trl_compare.md``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import e2e, memory, normalizer, overhead, trl_compare
+from benchmarks import decode, e2e, memory, normalizer, overhead, trl_compare
 from benchmarks.common import ROOT, machine_info
 from benchmarks.report import render, targets
 
@@ -35,6 +35,13 @@ FULL: dict[str, dict[str, Any]] = {
         "runs": 2,
     },
     "memory": memory.FULL,
+    "decode": {
+        "points": [
+            {"hidden": 128, "layers": 2, "prompts": 8, "group": 8, "tokens": 16},
+            {"hidden": 512, "layers": 6, "prompts": 8, "group": 4, "tokens": 48},
+        ],
+        "repeats": 15,
+    },
 }
 """Sizes of the real run: Qwen-like vocabularies, a rollout model ~10x cheaper to sample."""
 
@@ -50,6 +57,10 @@ QUICK: dict[str, dict[str, Any]] = {
         "runs": 1,
     },
     "memory": memory.QUICK,
+    "decode": {
+        "points": [{"hidden": 32, "layers": 1, "prompts": 2, "group": 2, "tokens": 4}],
+        "repeats": 2,
+    },
 }
 """Tiny sizes of the smoke run (``--quick``): checks the plumbing, not the speed."""
 
@@ -63,6 +74,7 @@ def run_all(sizes: dict[str, dict[str, Any]], quick: bool) -> dict[str, Any]:
         ("overhead", overhead),
         ("e2e", e2e),
         ("memory", memory),
+        ("decode", decode),
     )
     for name, section in sections:
         t0, load0 = time.perf_counter(), os.getloadavg()[0]

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from benchmarks import memory
+from benchmarks import decode, memory
 from benchmarks.assets import AssetSpec, build_assets, build_tokenizer
 from benchmarks.e2e import KEYS, amdahl, summarize
 from benchmarks.report import render, targets
@@ -101,6 +101,20 @@ def _results(topk_extra_mib: float) -> dict[str, Any]:
             "elapsed_s": 100.0,
         },
         "e2e": _e2e(),
+        "decode": {
+            "points": [
+                {
+                    "sizes": {"hidden": 128, "layers": 2, "prompts": 8, "group": 8, "tokens": 16},
+                    "variants": {
+                        name: {"median_s": 0.04 / ratio, "ratio": ratio}
+                        for name, ratio in zip(decode.VARIANTS, (1.0, 1.1, 1.5, 0.9), strict=True)
+                    },
+                }
+            ],
+            "repeats": 15,
+            "loadavg": [1.0, 1.5],
+            "elapsed_s": 10.0,
+        },
     }
 
 
@@ -127,13 +141,14 @@ def test_report_has_every_section_the_targets_and_the_skipped_point() -> None:
     results = _results(topk_extra_mib=20.0)
     results["targets"] = targets(results)
     md = render(results)
-    for text in ("## Targets", "## 1.", "## 2.", "## 3.", "**met**", "**missed**", "1.60x"):
+    for text in ("## Targets", "## 1.", "## 2.", "## 3.", "## 4.", "**met**", "**missed**"):
         assert text in md
+    assert "1.60x" in md and "| lean step | 26.67 | 1.50x |" in md
     assert "V = 152064, B·T = 16384: skipped, needs ~46 GiB" in md
-    assert md.count("load average 1.0 -> 1.5") == 3
+    assert md.count("load average 1.0 -> 1.5") == 4
     sections = md.split("\n## ")[1:]
     rows = [sum(line.startswith("| ") for line in sec.splitlines()) - 2 for sec in sections]
-    assert rows == [3, 2, 2, 2]  # targets, normaliser variants, samplers, e2e modes
+    assert rows == [3, 2, 2, 2, 4]  # targets, normaliser variants, samplers, e2e, decode
 
 
 # ----------------------------------------------------------------------------- memory section
