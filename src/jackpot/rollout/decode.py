@@ -179,7 +179,8 @@ class LlamaDecode(Decode):
         eye = torch.eye(p, dtype=torch.bool, device=real.device)
         attend = None if bool(real.all()) else (causal & (real[:, None, :] | eye))[:, None]
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (U, P): real tokens only
-        hidden = self._layers(self.base.embed_tokens(prompts), positions, attend, 0)
+        hidden = self.base.embed_tokens(prompts)
+        hidden = self._layers(hidden, self._rotary(hidden, positions), attend, 0)
         self.logits = self._head(hidden[:, -1:]).repeat_interleave(group, dim=0)
         self.keys = [k.repeat_interleave(group, dim=0) for k in self.keys]
         self.values = [v.repeat_interleave(group, dim=0) for v in self.values]
@@ -189,15 +190,18 @@ class LlamaDecode(Decode):
             if attend is None  # no left padding: every cached position is attended
             else torch.cat([full, full.new_ones((len(full), max_new_tokens))], dim=1)[:, None, None]
         )  # (N, 1, 1, P + T)
-        self.next_position = full.sum(-1, keepdim=True)  # (N, 1)
+        new_positions = full.sum(-1, keepdim=True) + torch.arange(
+            max_new_tokens, device=full.device
+        )
+        self.cos, self.sin = self._rotary(hidden, new_positions)  # (N, 1, T, D): built once
         self.prompt_len = p
 
     def select(self, keep: Tensor) -> None:
-        """Copy the kept rows of the cache buffers, mask and positions."""
+        """Copy the kept rows of the cache buffers, mask and rotary tables."""
         self.keys = [k[keep] for k in self.keys]
         self.values = [v[keep] for v in self.values]
         self.mask = None if self.mask is None else self.mask[keep]
-        self.next_position = self.next_position[keep]
+        self.cos, self.sin = self.cos[keep], self.sin[keep]
         self.logits = self.logits[keep]
 
     def step(self, tokens: Tensor, t: int) -> None:
@@ -205,20 +209,26 @@ class LlamaDecode(Decode):
         end = self.prompt_len + t + 1
         mask = None if self.mask is None else self.mask[..., :end]
         hidden = self.base.embed_tokens(tokens[:, None])  # (n, 1, H)
-        hidden = self._layers(hidden, self.next_position + t, mask, end - 1)
-        self.logits = self._head(hidden)
+        rotary = self.cos[:, :, t : t + 1], self.sin[:, :, t : t + 1]
+        self.logits = self._head(self._layers(hidden, rotary, mask, end - 1))
 
-    def _layers(self, hidden: Tensor, positions: Tensor, mask: Tensor | None, start: int) -> Tensor:
-        """Hidden states ``(n, s, H)`` of tokens at cache slots ``start ... start + s - 1`` and
-        rotary positions ``positions`` ``(n, s)``, through every decoder layer.
+    def _rotary(self, hidden: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """The model's rotary ``cos, sin`` for ``positions`` ``(n, s)``, as ``(n, 1, s, D)``."""
+        cos, sin = self.base.rotary_emb(hidden, positions)
+        return cos[:, None], sin[:, None]  # broadcast over heads
+
+    def _layers(
+        self, hidden: Tensor, rotary: tuple[Tensor, Tensor], mask: Tensor | None, start: int
+    ) -> Tensor:
+        """Hidden states ``(n, s, H)`` of tokens at cache slots ``start ... start + s - 1``,
+        with rotary tables ``(n, 1, s, D)`` of their positions, through every decoder layer.
 
         ``mask`` ``(n, 1, s, start + s)``: which cached slots each query sees; None for all
         of them up to its own slot (causal, or everything when ``s == 1``).
         """
         n, s, _ = hidden.shape
         end = start + s
-        cos, sin = self.base.rotary_emb(hidden, positions)  # (n, s, D)
-        cos, sin = cos[:, None], sin[:, None]  # broadcast over heads
+        cos, sin = rotary
         for layer, keys, values in zip(self.base.layers, self.keys, self.values, strict=True):
             attn = layer.self_attn
             x = layer.input_layernorm(hidden)
