@@ -11,18 +11,24 @@ one process so background load hits them alike:
 - ``lean step``: the engine's default for Llama-family models (:class:`LlamaDecode`);
 - ``model.generate``: transformers' sampler on the ``N`` rows (full softmax, temperature 1).
 
-Ratios are against the first variant.
+Ratios are against the first variant. ``python -m benchmarks.decode [--out DIR] [--repeats R]``
+runs this section alone into ``decode.json`` / ``decode.md``; ``benchmarks.run`` includes it.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from benchmarks.common import median, run_worker
+from benchmarks.common import ROOT, machine_info, median, run_worker
 
 VARIANTS = (
     "forward, every row prefilled",
@@ -93,3 +99,33 @@ def run(points: list[dict[str, int]], repeats: int) -> dict[str, Any]:
         "points": [run_worker("decode", "measure", {**p, "repeats": repeats}) for p in points],
         "repeats": repeats,
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """This section alone, at the full sizes of ``benchmarks.run``."""
+    from benchmarks.report import decode_md
+    from benchmarks.run import FULL
+
+    p = argparse.ArgumentParser(prog="python -m benchmarks.decode", description=__doc__)
+    p.add_argument("--out", type=Path, default=ROOT / "docs" / "results")
+    p.add_argument("--repeats", type=int, default=FULL["decode"]["repeats"])
+    args = p.parse_args(argv)
+    start, load0 = time.perf_counter(), os.getloadavg()[0]
+    info = machine_info()
+    result = run(FULL["decode"]["points"], args.repeats)
+    result["loadavg"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
+    result["elapsed_s"] = time.perf_counter() - start
+    result["machine"] = info
+    head = (
+        f"`python -m benchmarks.decode` on {info['date']}: {info['cores']} cores, torch "
+        f"{info['torch']} ({info['torch_threads']} threads), Python {info['python']}."
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "decode.json").write_text(json.dumps(result, indent=1) + "\n")
+    (args.out / "decode.md").write_text("\n".join([head, "", *decode_md(result)]))
+    print(f"[decode] wrote decode.json and decode.md to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

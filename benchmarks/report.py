@@ -250,7 +250,7 @@ def _e2e_md(sec: dict[str, Any]) -> list[str]:
     ]
 
 
-def _decode_md(sec: dict[str, Any]) -> list[str]:
+def decode_md(sec: dict[str, Any]) -> list[str]:
     out = [
         "## 4. Rollout decode of the `hf` engine",
         "",
@@ -307,6 +307,6 @@ def render(results: dict[str, Any]) -> str:
         "",
         *_e2e_md(results["e2e"]),
         "",
-        *_decode_md(results["decode"]),
+        *decode_md(results["decode"]),
     ]
     return "\n".join(head + body) + "\n"
