@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import pytest
@@ -22,6 +23,7 @@ from jackpot.rollout.batch import left_pad
 from jackpot.rollout.decode import (
     LlamaDecode,
     TransformersDecode,
+    cache_kwarg,
     lean_decode_refusal,
     start_decode,
 )
@@ -130,3 +132,16 @@ def test_engine_on_a_refused_model_still_records_its_distribution() -> None:
         steps = logp[len(prompt) - 1 : -1]
         expected = steps.gather(-1, batch.response_ids[row, :, None]).squeeze(-1)
         torch.testing.assert_close(batch.logp_inf[row], expected, atol=1e-5, rtol=0)
+
+
+def test_the_cache_goes_under_the_name_the_forward_takes() -> None:
+    """transformers 5.24 renamed ``past_key_values`` to ``cache``; an unknown name would be
+    swallowed by ``**kwargs`` and the decode would run without its cache."""
+
+    class Older(torch.nn.Module):
+        def forward(self, input_ids: Any = None, past_key_values: Any = None, **_: Any) -> None:
+            """A forward from before the rename."""
+
+    assert cache_kwarg(Older()) == "past_key_values"
+    model = _model("qwen2")
+    assert cache_kwarg(model) in inspect.signature(model.forward).parameters

@@ -20,6 +20,7 @@ from transformers.generation.logits_process import (
 from jackpot.models import ModelSpec, build_model
 from jackpot.rollout import RolloutBatch, SamplingParams, load_rollouts, sampling_logprobs
 from jackpot.rollout.__main__ import main
+from jackpot.rollout.decode import cache_kwarg
 from jackpot.rollout.hf import HFRolloutEngine
 from jackpot.rollout.sampling import sample_tokens, topk_with_sampled
 
@@ -190,7 +191,8 @@ def _reference_decode(
     stops = torch.tensor(params.stop_token_ids, dtype=torch.int64)
     cache = DynamicCache(config=cast(Any, model).config)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=prompts, attention_mask=mask, position_ids=positions, cache=cache)
+    name = cache_kwarg(model)
+    out = model(input_ids=prompts, attention_mask=mask, position_ids=positions, **{name: cache})
     for t in range(steps):
         logp = sampling_logprobs(out.logits[:, -1], params.temperature, params.top_k, params.top_p)
         token = sample_tokens(logp, gen)
@@ -208,7 +210,7 @@ def _reference_decode(
             input_ids=ids[:, t : t + 1],
             attention_mask=attention,
             position_ids=mask.sum(-1, keepdim=True) + t,
-            cache=cache,
+            **{name: cache},
         )
     used = t + 1
     return {

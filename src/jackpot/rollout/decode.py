@@ -19,6 +19,7 @@ steps compute only the rows still generating.
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from typing import Any, cast
 
@@ -27,7 +28,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import DynamicCache
 
-__all__ = ["Decode", "LlamaDecode", "TransformersDecode", "lean_decode_refusal", "start_decode"]
+__all__ = [
+    "Decode",
+    "LlamaDecode",
+    "TransformersDecode",
+    "cache_kwarg",
+    "lean_decode_refusal",
+    "start_decode",
+]
 
 LEAN_MODEL_TYPES = ("llama", "qwen2", "qwen3")
 """``config.model_type`` values :class:`LlamaDecode` reproduces (pre-norm, RMSNorm, rotary
@@ -54,6 +62,12 @@ class Decode(ABC):
         """Keep only the sequences at positions ``keep`` ``(m,)`` of the batch, in that order."""
 
 
+def cache_kwarg(model: nn.Module) -> str:
+    """The name ``model``'s forward takes its KV cache under: ``cache`` from transformers 5.24,
+    ``past_key_values`` before (a forward ignores a name it does not know, silently)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 def _prefill(model: nn.Module, prompts: Tensor, mask: Tensor) -> tuple[Tensor, DynamicCache]:
     """The model's forward over the distinct left-padded prompts ``(U, P)``.
 
@@ -65,9 +79,9 @@ def _prefill(model: nn.Module, prompts: Tensor, mask: Tensor) -> tuple[Tensor, D
         input_ids=prompts,
         attention_mask=mask,
         position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-        cache=cache,
         use_cache=True,
         logits_to_keep=1,
+        **{cache_kwarg(model): cache},
     )
     return out.logits[:, -1], cache
 
@@ -83,7 +97,7 @@ class TransformersDecode(Decode):
         cache.batch_repeat_interleave(group)
         full = mask.repeat_interleave(group, dim=0)  # (N, P)
         self.model = model
-        self.cache = cache
+        self.cache, self.cache_name = cache, cache_kwarg(model)
         self.logits = logits.repeat_interleave(group, dim=0)
         self.prompt_len = prompts.shape[1]
         # Attention mask over prompt + every possible new token; sliced as the cache grows.
@@ -103,8 +117,8 @@ class TransformersDecode(Decode):
             input_ids=tokens[:, None],
             attention_mask=self.attention[:, : self.prompt_len + t + 1],
             position_ids=self.next_position + t,
-            cache=self.cache,
             use_cache=True,
+            **{self.cache_name: self.cache},
         )
         self.logits = out.logits[:, -1]
 
