@@ -34,8 +34,8 @@ from jackpot.metrics import (
     timing_stats,
 )
 from jackpot.rollout.batch import RolloutBatch, concat_rollouts
-from jackpot.rollout.engine import RolloutEngine, SamplingParams
-from jackpot.rollout.factory import build_engine
+from jackpot.rollout.engine import RolloutEngine
+from jackpot.rollout.factory import build_engine, sampling_params
 from jackpot.rollout.files import load_step_rollouts, resolve_rollout_files
 from jackpot.rollout.sampling import sampling_logprobs
 from jackpot.samplers.base import Sampler, SamplerOutput
@@ -166,15 +166,12 @@ class JackpotModule(L.LightningModule):
         self.last_metrics: dict[str, float] = {}
         self.last_logged: float | None = None
         """When the previous RL step's metrics were logged (``perf/period_s``)."""
-        self.sampling = SamplingParams(
-            temperature=cfg.rollout.temperature,
-            top_k=cfg.rollout.top_k,
-            top_p=cfg.rollout.top_p,
-            max_new_tokens=cfg.rollout.max_new_tokens,
-            stop_token_ids=(tokenizer.eos_token_id,),
-            # The top-k record of p_inf only feeds top-k samplers: others record the sampled
-            # token alone, and the decode loop skips the top-k work.
-            logprobs_k=cfg.rollout.logprobs_k if "topk" in sampler.needs() else 1,
+        # The top-k record of p_inf only feeds top-k samplers: others record the sampled
+        # token alone, and the decode loop skips the top-k work.
+        self.sampling = sampling_params(
+            cfg.rollout,
+            tokenizer.eos_token_id,
+            logprobs_k=None if "topk" in sampler.needs() else 1,
         )
 
     # ------------------------------------------------------------------ Lightning plumbing

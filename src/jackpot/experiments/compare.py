@@ -576,7 +576,7 @@ def main(argv: list[str] | None = None) -> int:
     from jackpot.config import ConfigError
 
     prog = "python -m jackpot.experiments.compare"
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0].replace("``", ""))
     p.add_argument(
         "--config",
         default="configs/compare_paperlike.yaml",

@@ -179,6 +179,7 @@ def _from_config(args: argparse.Namespace) -> _Generation:
     """The rollout model, task, sampling and group shape of the run config ``--config``."""
     from jackpot.config import load_config
     from jackpot.fit import _build_model, _task_examples, _tokenizer
+    from jackpot.rollout.factory import sampling_params
 
     given = sorted(
         flag for flag, _ in _FLAG_ONLY if flag.lstrip("-").replace("-", "_") in vars(args)
@@ -198,14 +199,7 @@ def _from_config(args: argparse.Namespace) -> _Generation:
         train if split == "train" else evals, r.prompts_per_step, args.offset,
         "rollout.prompts_per_step",
     )  # fmt: skip
-    params = SamplingParams(
-        temperature=r.temperature,
-        top_k=r.top_k,
-        top_p=r.top_p,
-        max_new_tokens=r.max_new_tokens,
-        stop_token_ids=(tokenizer.eos_token_id,),
-        logprobs_k=r.logprobs_k,
-    )
+    params = sampling_params(r, tokenizer.eos_token_id)
     seed = cfg.run.seed if args.seed is None else args.seed
     metadata = {
         "source": task_source(cfg.task, split),

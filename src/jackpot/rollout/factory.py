@@ -8,9 +8,24 @@ from typing import Any, cast
 from torch import nn
 
 from jackpot.config import RolloutConfig
-from jackpot.rollout.engine import RolloutEngine
+from jackpot.rollout.engine import RolloutEngine, SamplingParams
 
-__all__ = ["build_engine"]
+__all__ = ["build_engine", "sampling_params"]
+
+
+def sampling_params(
+    rollout: RolloutConfig, stop_token_id: int, logprobs_k: int | None = None
+) -> SamplingParams:
+    """The sampling distribution a run's ``rollout.*`` keys define, stopping at
+    ``stop_token_id``; ``logprobs_k`` overrides ``rollout.logprobs_k``."""
+    return SamplingParams(
+        temperature=rollout.temperature,
+        top_k=rollout.top_k,
+        top_p=rollout.top_p,
+        max_new_tokens=rollout.max_new_tokens,
+        stop_token_ids=(stop_token_id,),
+        logprobs_k=rollout.logprobs_k if logprobs_k is None else logprobs_k,
+    )
 
 
 def build_engine(
