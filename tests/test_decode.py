@@ -99,8 +99,8 @@ def test_lean_step_equals_the_models_forward(family: str, prompts: list[list[int
 
 
 def test_models_the_lean_step_cannot_reproduce_use_the_forward() -> None:
-    """Other architectures, sliding windows and length-dependent rope are refused with a
-    reason, and decoding them goes through the model's forward."""
+    """Other architectures, sliding windows, length-dependent rope and partitioned parameters
+    are refused with a reason, and decoding them goes through the model's forward."""
     gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=20, n_embd=32, n_layer=1, n_head=2)).eval()
     assert "model_type 'gpt2'" in str(lean_decode_refusal(gpt2))
     ids, mask = left_pad(PROMPTS, 0)
@@ -114,6 +114,9 @@ def test_models_the_lean_step_cannot_reproduce_use_the_forward() -> None:
         LlamaConfig(**SIZES, rope_parameters={"rope_type": "dynamic", "factor": 2.0})
     )
     assert "rescales with the sequence length" in str(lean_decode_refusal(dynamic))
+    partitioned = _model("qwen2")
+    next(partitioned.parameters()).ds_status = "NOT_AVAILABLE"  # as DeepSpeed ZeRO-3 marks
+    assert "ZeRO-3" in str(lean_decode_refusal(partitioned))
 
 
 def test_engine_on_a_refused_model_still_records_its_distribution() -> None:

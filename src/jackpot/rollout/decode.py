@@ -134,6 +134,8 @@ def lean_decode_refusal(model: nn.Module) -> str | None:
         for m in model.modules()
     ):
         return "the model is sharded (FSDP): only its wrapped forward gathers the weights"
+    if any(hasattr(param, "ds_status") for param in model.parameters()):
+        return "the model's parameters are partitioned (DeepSpeed ZeRO-3)"
     layer_types = getattr(config, "layer_types", None) or ["full_attention"]
     if any(kind != "full_attention" for kind in layer_types):
         return "the model has sliding-window layers"
@@ -182,9 +184,10 @@ class LlamaDecode(Decode):
         self.keys: list[Tensor] = []
         self.values: list[Tensor] = []
         weight = self.base.embed_tokens.weight
+        config = self.model.config
+        heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
         for layer in self.base.layers:
             attn = layer.self_attn
-            heads = attn.k_proj.weight.shape[0] // attn.head_dim
             for out in (self.keys, self.values):
                 out.append(weight.new_empty((u, heads, length, attn.head_dim)))
         # Prefill: query i sees keys j <= i that are real tokens; a padding query sees itself
