@@ -17,7 +17,9 @@ of each; the paired ratio is TRL's period over jackpot's in the same round. Gene
 per step come from each framework's own per-step log (jackpot ``response/length``, TRL
 ``completions/mean_length``), so tokens/s = tokens per step / period. CPU seconds per step
 (user + system of the child processes) are reported beside the wall-clock figures: on a
-shared machine they move less with other people's load.
+shared machine they move less with other people's load. So does the in-run period, the
+median time between two consecutive per-step logs inside the long run (jackpot's
+``perf/period_s``, a TRL callback's clock), which no process start or exit reaches.
 
 Section B: jackpot's decoupled step with a training rollout model and top-k OBRS
 (``sampler.name=obrs sampler.topk=8 sampler.budget=0.9``) against on-policy, at the sizes of
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import math
 import os
@@ -201,8 +204,16 @@ def trl_worker(model: str, data: str, steps: int, out: Path, threads: int) -> No
     """Train ``steps`` GRPO steps with TRL on section A's workload; write its per-step log."""
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
+
+    log_times: list[float] = []
+
+    class StepClock(TrainerCallback):  # type: ignore[misc]
+        """The time of each per-step log call (``logging_steps=1``)."""
+
+        def on_log(self, *args: Any, **kwargs: Any) -> None:
+            log_times.append(time.perf_counter())
 
     w = WORKLOAD
     torch.set_num_threads(threads)
@@ -240,12 +251,13 @@ def trl_worker(model: str, data: str, steps: int, out: Path, threads: int) -> No
         reward_funcs=exact_match,
         args=args,
         train_dataset=Dataset.from_list(rows),
+        callbacks=[StepClock()],
     )
     trainer.train()
     out.mkdir(parents=True, exist_ok=True)
     log = [r for r in trainer.state.log_history if "completions/mean_length" in r]
     facts = {"optim": str(args.optim), "loss_type": args.loss_type, "beta": args.beta}
-    (out / "log.json").write_text(json.dumps({"log": log, "args": facts}))
+    (out / "log.json").write_text(json.dumps({"log": log, "args": facts, "log_times": log_times}))
 
 
 # ---------------------------------------------------------------------------- timing
@@ -287,6 +299,33 @@ def trl_tokens_per_step(out: Path, rows: int) -> float:
     return statistics.mean(r["completions/mean_length"] for r in log) * rows
 
 
+SKIP_STEPS = 3
+"""Leading step periods an in-run median leaves out (first calls, allocator warm-up)."""
+
+
+def inrun_period(step_periods: list[float]) -> float:
+    """Median of a run's own per-step periods after the first :data:`SKIP_STEPS` (all of them
+    when the run is shorter): no process start or exit in it, so start-up stalls do not
+    reach it, unlike the N1 - N0 difference."""
+    kept = step_periods[SKIP_STEPS:] or step_periods
+    return statistics.median(kept) if kept else math.nan
+
+
+def jackpot_step_periods(run_dir: Path) -> list[float]:
+    """``perf/period_s`` of every step of a jackpot run (end of one step's metrics to the
+    next's: everything between two steps included)."""
+    import csv
+
+    with open(run_dir / "metrics.csv", newline="") as handle:
+        return [float(r["perf/period_s"]) for r in csv.DictReader(handle) if r.get("perf/period_s")]
+
+
+def trl_step_periods(out: Path) -> list[float]:
+    """Time between consecutive per-step log calls of a TRL run."""
+    times = json.loads((out / "log.json").read_text()).get("log_times", [])
+    return [b - a for a, b in itertools.pairwise(times)]
+
+
 def periods(runs: dict[int, dict[str, float]], n0: int, n1: int) -> dict[str, float]:
     """Per-step wall-clock and CPU seconds from an ``n0``- and an ``n1``-step run."""
     return {
@@ -298,7 +337,8 @@ def periods(runs: dict[int, dict[str, float]], n0: int, n1: int) -> dict[str, fl
 def paired_summary(rounds: list[dict[str, dict[str, float]]], base: str, other: str) -> dict:
     """Medians and ranges of each side's period and of the paired ratio other/base per round.
 
-    ``rounds[r][name]`` holds ``period_s``, ``cpu_period_s`` and ``tokens_per_step``; a ratio
+    ``rounds[r][name]`` holds ``period_s``, ``cpu_period_s``, ``inrun_period_s`` and
+    ``tokens_per_step``; a ratio
     above 1 means ``base`` takes less time per step (is faster) than ``other``.
     """
 
@@ -309,7 +349,7 @@ def paired_summary(rounds: list[dict[str, dict[str, float]]], base: str, other: 
     for name in (base, other):
         out[name] = {
             key: stats([r[name][key] for r in rounds])
-            for key in ("period_s", "cpu_period_s", "tokens_per_step")
+            for key in ("period_s", "cpu_period_s", "inrun_period_s", "tokens_per_step")
         }
         out[name]["tokens_per_s"] = stats(
             [r[name]["tokens_per_step"] / r[name]["period_s"] for r in rounds]
@@ -317,6 +357,9 @@ def paired_summary(rounds: list[dict[str, dict[str, float]]], base: str, other: 
     out["period_ratio"] = stats([r[other]["period_s"] / r[base]["period_s"] for r in rounds])
     out["cpu_period_ratio"] = stats(
         [r[other]["cpu_period_s"] / r[base]["cpu_period_s"] for r in rounds]
+    )
+    out["inrun_period_ratio"] = stats(
+        [r[other]["inrun_period_s"] / r[base]["inrun_period_s"] for r in rounds]
     )
     out["tokens_per_s_ratio"] = stats(
         [
@@ -352,6 +395,7 @@ def interleaved_rounds(
             {
                 name: {
                     **periods(runs[name], n0, n1),
+                    "inrun_period_s": runs[name][n1]["inrun_period_s"],
                     "tokens_per_step": runs[name][n1]["tokens_per_step"],
                     "load": runs[name][n1]["load"],
                 }
@@ -372,9 +416,11 @@ def section_a(work: Path, trl_python: str, n0: int, n1: int, rounds: int) -> dic
         if name == "jackpot":
             res = timed(jackpot_cmd(paths, steps, out))
             res["tokens_per_step"] = jackpot_tokens_per_step(out, rows)
+            res["inrun_period_s"] = inrun_period(jackpot_step_periods(out))
         else:
             res = timed(trl_cmd(trl_python, paths, steps, out))
             res["tokens_per_step"] = trl_tokens_per_step(out, rows)
+            res["inrun_period_s"] = inrun_period(trl_step_periods(out))
         print(f"[trl_compare] {name:8s} {steps:3d} steps: {res['wall_s']:6.1f} s wall, "
               f"{res['cpu_s']:6.1f} s CPU, load {res['load']:.1f}", flush=True)  # fmt: skip
         return res
@@ -399,6 +445,7 @@ def section_b(work: Path, n0: int, n1: int, rounds: int, sizes: dict[str, Any]) 
         threads = f"trainer.num_threads={WORKLOAD['threads']}"
         res = timed([*_fit(out, steps), *base, *modes[mode], threads])
         res["tokens_per_step"] = jackpot_tokens_per_step(out, rows)
+        res["inrun_period_s"] = inrun_period(jackpot_step_periods(out))
         print(f"[trl_compare] {mode:14s} {steps:2d} steps: {res['wall_s']:6.1f} s wall, "
               f"{res['cpu_s']:6.1f} s CPU, load {res['load']:.1f}", flush=True)  # fmt: skip
         return res
@@ -497,6 +544,12 @@ def render(results: dict[str, Any]) -> str:
             f"(jackpot throughput in steps/s relative to TRL's); tokens/s ratio "
             f"{_fmt(a['tokens_per_s_ratio'], 1, 2)}; CPU-time ratio "
             f"{_fmt(a['cpu_period_ratio'], 1, 2)}. Goal of issue 14: >= 1.5x.",
+            f"- In-run periods (median over the {a['n1']}-step run's steps after the first "
+            f"{SKIP_STEPS}, from each framework's own per-step log: jackpot `perf/period_s`, "
+            "TRL the time between consecutive log calls; no process start in them): jackpot "
+            f"{_fmt(a['jackpot']['inrun_period_s'], 1000)} ms, TRL "
+            f"{_fmt(a['trl']['inrun_period_s'], 1000)} ms, paired ratio "
+            f"{_fmt(a['inrun_period_ratio'], 1, 2)}.",
             "",
             "Remaining differences between the two workloads:",
             "",
@@ -532,7 +585,8 @@ def render(results: dict[str, Any]) -> str:
             "",
             f"- Paired ratio on-policy period / decoupled period: "
             f"**{_fmt(b['period_ratio'], 1, 2)}** (> 1: decoupled is faster); CPU-time ratio "
-            f"{_fmt(b['cpu_period_ratio'], 1, 2)}.",
+            f"{_fmt(b['cpu_period_ratio'], 1, 2)}; in-run `perf/period_s` ratio "
+            f"{_fmt(b['inrun_period_ratio'], 1, 2)}.",
             "",
         ]
     return "\n".join(lines)
