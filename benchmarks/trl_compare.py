@@ -499,6 +499,32 @@ def _fmt(stat: dict[str, float], scale: float = 1.0, digits: int = 0) -> str:
     )
 
 
+def _period_table(
+    section: dict[str, Any],
+    names: list[str],
+    first: str,
+    unit: str,
+    scale: float,
+    digits: tuple[int, int],
+) -> list[str]:
+    """A section's table: each side's step period (in ``unit``: ``scale`` x seconds), CPU
+    seconds, tokens per step and tokens/s as medians with min-max; ``names`` may carry
+    backticks; ``digits``: of the period and of the CPU seconds."""
+    head = f"| {first} |" if first else "| |"
+    lines = [
+        f"{head} step period, {unit} (min-max) | CPU s/step | generated tokens/step | tokens/s |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for name in names:
+        v = section[name.strip("`")]
+        lines.append(
+            f"| {name} | {_fmt(v['period_s'], scale, digits[0])} | "
+            f"{_fmt(v['cpu_period_s'], 1, digits[1])} | "
+            f"{_fmt(v['tokens_per_step'])} | {_fmt(v['tokens_per_s'])} |"
+        )
+    return lines
+
+
 def render(results: dict[str, Any]) -> str:
     """``trl_compare.md``: both sections' tables, the differences, the machine and the noise."""
     m = results["machine"]
@@ -529,15 +555,8 @@ def render(results: dict[str, Any]) -> str:
             "exact-match reward. TRL with `gradient_checkpointing=False` (as jackpot). "
             f"TRL's recorded settings: {a['trl_args']}.",
             "",
-            "| | step period, ms (min-max) | CPU s/step | generated tokens/step | tokens/s |",
-            "| --- | --- | --- | --- | --- |",
+            *_period_table(a, ["jackpot", "trl"], "", "ms", 1000, (0, 3)),
         ]
-        for name in ("jackpot", "trl"):
-            s = a[name]
-            lines.append(
-                f"| {name} | {_fmt(s['period_s'], 1000)} | {_fmt(s['cpu_period_s'], 1, 3)} | "
-                f"{_fmt(s['tokens_per_step'])} | {_fmt(s['tokens_per_s'])} |"
-            )
         lines += [
             "",
             f"- Paired ratio TRL period / jackpot period: **{_fmt(a['period_ratio'], 1, 2)}** "
@@ -572,15 +591,8 @@ def render(results: dict[str, Any]) -> str:
             + " ".join(b["modes"]["on_policy"])
             + "`.",
             "",
-            "| mode | step period, s (min-max) | CPU s/step | generated tokens/step | tokens/s |",
-            "| --- | --- | --- | --- | --- |",
+            *_period_table(b, ["`on_policy`", "`decoupled_topk`"], "mode", "s", 1, (2, 2)),
         ]
-        for name in ("on_policy", "decoupled_topk"):
-            v = b[name]
-            lines.append(
-                f"| `{name}` | {_fmt(v['period_s'], 1, 2)} | {_fmt(v['cpu_period_s'], 1, 2)} | "
-                f"{_fmt(v['tokens_per_step'])} | {_fmt(v['tokens_per_s'])} |"
-            )
         lines += [
             "",
             f"- Paired ratio on-policy period / decoupled period: "

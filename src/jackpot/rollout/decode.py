@@ -68,8 +68,11 @@ def cache_kwarg(model: nn.Module) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def _prefill(model: nn.Module, prompts: Tensor, mask: Tensor) -> tuple[Tensor, DynamicCache]:
-    """The model's forward over the distinct left-padded prompts ``(U, P)``.
+def _prefill(
+    model: nn.Module, prompts: Tensor, mask: Tensor, cache_name: str
+) -> tuple[Tensor, DynamicCache]:
+    """The model's forward over the distinct left-padded prompts ``(U, P)``, the cache passed
+    as ``cache_name`` (:func:`cache_kwarg`).
 
     Positions count real tokens only, so left padding does not shift them. Returns the
     last position's logits ``(U, V)`` and the filled cache.
@@ -81,7 +84,7 @@ def _prefill(model: nn.Module, prompts: Tensor, mask: Tensor) -> tuple[Tensor, D
         position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
         use_cache=True,
         logits_to_keep=1,
-        **{cache_kwarg(model): cache},
+        **{cache_name: cache},
     )
     return out.logits[:, -1], cache
 
@@ -93,11 +96,12 @@ class TransformersDecode(Decode):
         self, model: nn.Module, prompts: Tensor, mask: Tensor, group: int, max_new_tokens: int
     ) -> None:
         """Prefill the distinct prompts ``(U, P)`` and repeat the state ``group`` times."""
-        logits, cache = _prefill(model, prompts, mask)
+        self.cache_name = cache_kwarg(model)
+        logits, cache = _prefill(model, prompts, mask, self.cache_name)
         cache.batch_repeat_interleave(group)
         full = mask.repeat_interleave(group, dim=0)  # (N, P)
         self.model = model
-        self.cache, self.cache_name = cache, cache_kwarg(model)
+        self.cache = cache
         self.logits = logits.repeat_interleave(group, dim=0)
         self.prompt_len = prompts.shape[1]
         # Attention mask over prompt + every possible new token; sliced as the cache grows.
