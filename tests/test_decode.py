@@ -18,13 +18,13 @@ from transformers import (
     Qwen3ForCausalLM,
 )
 
+from jackpot.llama import own_forward_refusal
 from jackpot.rollout import SamplingParams
 from jackpot.rollout.batch import left_pad
 from jackpot.rollout.decode import (
     LlamaDecode,
     TransformersDecode,
     cache_kwarg,
-    lean_decode_refusal,
     start_decode,
 )
 from jackpot.rollout.hf import HFRolloutEngine
@@ -71,7 +71,7 @@ def test_lean_step_equals_the_models_forward(family: str, prompts: list[list[int
     after rows are dropped mid-way, and equal a fresh forward over each whole (unpadded)
     sequence."""
     model = _model(family)
-    assert lean_decode_refusal(model) is None
+    assert own_forward_refusal(model) is None
     ids, mask = left_pad(prompts, 0)
     group, steps = 3, 6
     rows = torch.arange(len(prompts) * group)
@@ -102,21 +102,21 @@ def test_models_the_lean_step_cannot_reproduce_use_the_forward() -> None:
     """Other architectures, sliding windows, length-dependent rope and partitioned parameters
     are refused with a reason, and decoding them goes through the model's forward."""
     gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=20, n_embd=32, n_layer=1, n_head=2)).eval()
-    assert "model_type 'gpt2'" in str(lean_decode_refusal(gpt2))
+    assert "model_type 'gpt2'" in str(own_forward_refusal(gpt2))
     ids, mask = left_pad(PROMPTS, 0)
     with torch.no_grad():
         assert isinstance(start_decode(gpt2, ids, mask, 2, 3), TransformersDecode)
     sliding = Qwen2ForCausalLM(
         Qwen2Config(**SIZES, use_sliding_window=True, sliding_window=4, max_window_layers=0)
     )
-    assert "sliding-window" in str(lean_decode_refusal(sliding))
+    assert "sliding-window" in str(own_forward_refusal(sliding))
     dynamic = LlamaForCausalLM(
         LlamaConfig(**SIZES, rope_parameters={"rope_type": "dynamic", "factor": 2.0})
     )
-    assert "rescales with the sequence length" in str(lean_decode_refusal(dynamic))
+    assert "rescales with the sequence length" in str(own_forward_refusal(dynamic))
     partitioned = _model("qwen2")
     next(partitioned.parameters()).ds_status = "NOT_AVAILABLE"  # as DeepSpeed ZeRO-3 marks
-    assert "ZeRO-3" in str(lean_decode_refusal(partitioned))
+    assert "ZeRO-3" in str(own_forward_refusal(partitioned))
 
 
 def test_engine_on_a_refused_model_still_records_its_distribution() -> None:

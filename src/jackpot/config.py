@@ -296,6 +296,12 @@ class TrainerConfig:
     """Sequences per forward pass, for scoring and for the updates (a minibatch is then several
     micro-batches with gradient accumulation; the gradient equals the unsplit one). Bounds the
     memory of a step: logits exist for one micro-batch at a time. None = a whole minibatch."""
+    remove_padding: bool = True
+    """Score and train Llama-family models (Llama, Qwen2, Qwen3) over their real tokens only:
+    the projections and MLP skip the padding of a batch, the output layer runs only where a
+    response token is predicted (the same values as the model's forward). False, FSDP,
+    DeepSpeed ZeRO-3, sliding-window attention, attention dropout or another architecture
+    use the model's forward."""
     max_full_logits_gb: float = 4.0
     """Largest size of the full ``(N, T, V)`` fp32 logits that full-logit samplers (exact-Z
     ``obrs``, ``rs``) keep across a step; a bigger config is refused at load."""

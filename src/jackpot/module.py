@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 
 from jackpot.config import JackpotConfig, as_dict
 from jackpot.controllers import DistillController
+from jackpot.llama import unpadded_refusal
 from jackpot.metrics import (
     MetricTracker,
     device_memory_stats,
@@ -137,6 +138,9 @@ class JackpotModule(L.LightningModule):
         self.reward_fn = reward_fn
         self.sampler = sampler
         self.tracker = MetricTracker()
+        self.unpadded: dict[str, bool] = {}
+        """Per model name: whether its scoring/training forward drops padding (decided at its
+        first forward, after the strategy has wrapped it)."""
         self.engines: dict[str, RolloutEngine] = {}
         """One rollout engine per model for the whole run (``policy``, ``rollout_model``)."""
         self.rollout_files: list[Path] | None = (
@@ -560,8 +564,18 @@ class JackpotModule(L.LightningModule):
         ids, mask = rollout.full_sequences()
         if index is not None:
             ids, mask = ids[index], mask[index]
+        name = self._name(model)
+        if name not in self.unpadded:
+            self.unpadded[name] = (
+                self.cfg.trainer.remove_padding and unpadded_refusal(model) is None
+            )
         return forward_logits(
-            model, ids, mask, rollout.prompt_ids.shape[1], self.cfg.rollout.temperature
+            model,
+            ids,
+            mask,
+            rollout.prompt_ids.shape[1],
+            self.cfg.rollout.temperature,
+            unpadded=self.unpadded[name],
         )
 
     def _optimizers(self) -> list[Any]:

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from jackpot.functional import gather_logprobs, sampled_logprobs, topk_logprobs
+from jackpot.llama import unpadded_logits
 from jackpot.losses import (
     broadcast_to_tokens,
     distill_kl_full,
@@ -93,25 +94,36 @@ def micro_batches(index: Tensor, size: int | None) -> list[Tensor]:
 
 
 def forward_logits(
-    model: torch.nn.Module, ids: Tensor, mask: Tensor, prompt_len: int, temperature: float
+    model: torch.nn.Module,
+    ids: Tensor,
+    mask: Tensor,
+    prompt_len: int,
+    temperature: float,
+    unpadded: bool = False,
 ) -> Tensor:
     """Logits ``(N, T, V)`` predicting each response token, scaled by the temperature.
 
     ``ids``, ``mask`` ``(N, P + T)``: left-padded prompt then response; positions count real
     tokens only (as the rollout engine does). Position ``P - 1 + t`` predicts response token
     ``t``; ``logits_to_keep`` asks the model for those ``T + 1`` last positions only, so no
-    logits are computed for the prompt. Scoring at the rollout's temperature keeps ``p_ref``,
-    ``p_new`` and ``p_w`` comparable with ``p_inf`` (as verl does).
+    logits are computed for the prompt. ``unpadded``: the Llama-family forward over the real
+    tokens only (:func:`jackpot.llama.unpadded_logits`; the caller checks
+    :func:`jackpot.llama.unpadded_refusal`), zero logits at padded response positions.
+    Scoring at the rollout's temperature keeps ``p_ref``, ``p_new`` and ``p_w`` comparable
+    with ``p_inf`` (as verl does).
     """
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    response_len = ids.shape[1] - prompt_len
-    out = model(
-        input_ids=ids,
-        attention_mask=mask,
-        position_ids=positions,
-        logits_to_keep=response_len + 1,
-    )
-    logits = out.logits[:, :response_len]  # (N, T, V): positions P - 1 ... P + T - 2
+    if unpadded:
+        logits = unpadded_logits(model, ids, mask, prompt_len)
+    else:
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        response_len = ids.shape[1] - prompt_len
+        out = model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            logits_to_keep=response_len + 1,
+        )
+        logits = out.logits[:, :response_len]  # (N, T, V): positions P - 1 ... P + T - 2
     return logits if temperature == 1.0 else logits / temperature
 
 

@@ -9,7 +9,8 @@ Two implementations of one interface (:class:`Decode`):
   with a preallocated KV cache. It skips what transformers' forward redoes at every call
   (mask construction, cache concatenation, rotary tables, output wrappers), which is most
   of a small model's decode time on a CPU; the values are the model's (tests compare
-  them with its forward to float64 round-off).
+  them with its forward to float64 round-off). Which models qualify, the rotation and the
+  attention are shared with the unpadded training forward (:mod:`jackpot.llama`).
 
 Both prefill each distinct prompt once and share its cache across the prompt's group: the
 ``G`` responses to one prompt start from the same prompt state and first-token logits, and
@@ -24,26 +25,18 @@ from abc import ABC, abstractmethod
 from typing import Any, cast
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import DynamicCache
+
+from jackpot.llama import attend, own_forward_refusal, rotate_half
 
 __all__ = [
     "Decode",
     "LlamaDecode",
     "TransformersDecode",
     "cache_kwarg",
-    "lean_decode_refusal",
     "start_decode",
 ]
-
-LEAN_MODEL_TYPES = ("llama", "qwen2", "qwen3")
-"""``config.model_type`` values :class:`LlamaDecode` reproduces (pre-norm, RMSNorm, rotary
-attention with optional q/k norms, gated MLP, untied or tied head without logit scaling)."""
-
-STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
-"""Rotary variants whose cos/sin depend on the position only, so they can be tabulated
-once per rollout (``dynamic`` and ``longrope`` rescale with the sequence length)."""
 
 
 class Decode(ABC):
@@ -127,46 +120,6 @@ class TransformersDecode(Decode):
         self.logits = out.logits[:, -1]
 
 
-def lean_decode_refusal(model: nn.Module) -> str | None:
-    """Why :class:`LlamaDecode` cannot reproduce ``model``, or None when it can."""
-    config = getattr(model, "config", None)
-    model_type = getattr(config, "model_type", None)
-    if model_type not in LEAN_MODEL_TYPES:
-        return f"model_type {model_type!r} is not one of {LEAN_MODEL_TYPES}"
-    if any(
-        "FullyShardedDataParallel" in type(m).__name__ or type(m).__name__.startswith("FSDP")
-        for m in model.modules()
-    ):
-        return "the model is sharded (FSDP): only its wrapped forward gathers the weights"
-    if any(hasattr(param, "ds_status") for param in model.parameters()):
-        return "the model's parameters are partitioned (DeepSpeed ZeRO-3)"
-    layer_types = getattr(config, "layer_types", None) or ["full_attention"]
-    if any(kind != "full_attention" for kind in layer_types):
-        return "the model has sliding-window layers"
-    base = getattr(model, "model", None)
-    parts = ("embed_tokens", "layers", "norm", "rotary_emb")
-    if base is None or not all(hasattr(base, p) for p in parts) or not hasattr(model, "lm_head"):
-        return "the model lacks the model.{embed_tokens,layers,norm,rotary_emb} / lm_head layout"
-    rope_type = getattr(base.rotary_emb, "rope_type", "default")
-    if rope_type not in STATIC_ROPE_TYPES:
-        return f"rope_type {rope_type!r} rescales with the sequence length"
-    layer_parts = ("input_layernorm", "post_attention_layernorm", "mlp", "self_attn")
-    attn_parts = ("q_proj", "k_proj", "v_proj", "o_proj", "scaling", "head_dim")
-    for layer in base.layers:
-        attn = getattr(layer, "self_attn", None)
-        if not all(hasattr(layer, p) for p in layer_parts) or not all(
-            hasattr(attn, p) for p in attn_parts
-        ):
-            return "a decoder layer lacks the Llama-family submodules"
-    return None
-
-
-def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotary embedding of ``x`` ``(..., D)`` in the rotate-half layout of the Llama family."""
-    half = x.shape[-1] // 2
-    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
-
-
 class LlamaDecode(Decode):
     """The Llama family's forward from the model's submodules, with a preallocated cache.
 
@@ -198,17 +151,17 @@ class LlamaDecode(Decode):
         # only (its output is never used, and a row with nothing to attend to would be NaN).
         causal = torch.ones((p, p), dtype=torch.bool, device=real.device).tril()
         eye = torch.eye(p, dtype=torch.bool, device=real.device)
-        attend = None if bool(real.all()) else (causal & (real[:, None, :] | eye))[:, None]
+        visible = None if bool(real.all()) else (causal & (real[:, None, :] | eye))[:, None]
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (U, P): real tokens only
         hidden = self.base.embed_tokens(prompts)
-        hidden = self._layers(hidden, self._rotary(hidden, positions), attend, 0)
+        hidden = self._layers(hidden, self._rotary(hidden, positions), visible, 0)
         self.logits = self._head(hidden[:, -1:]).repeat_interleave(group, dim=0)
         self.keys = [k.repeat_interleave(group, dim=0) for k in self.keys]
         self.values = [v.repeat_interleave(group, dim=0) for v in self.values]
         full = real.repeat_interleave(group, dim=0)  # (N, P)
         self.mask = (
             None
-            if attend is None  # no left padding: every cached position is attended
+            if visible is None  # no left padding: every cached position is attended
             else torch.cat([full, full.new_ones((len(full), max_new_tokens))], dim=1)[:, None, None]
         )  # (N, 1, 1, P + T)
         new_positions = full.sum(-1, keepdim=True) + torch.arange(
@@ -257,10 +210,10 @@ class LlamaDecode(Decode):
             k = attn.k_proj(x).view(n, s, -1, attn.head_dim)
             if hasattr(attn, "q_norm"):  # Qwen3: RMSNorm over each head before the rotation
                 q, k = attn.q_norm(q), attn.k_norm(k)
-            keys[:, :, start:end] = _rotate(k.transpose(1, 2), cos, sin)
+            keys[:, :, start:end] = rotate_half(k.transpose(1, 2), cos, sin)
             values[:, :, start:end] = attn.v_proj(x).view(n, s, -1, attn.head_dim).transpose(1, 2)
-            out = _attend(
-                _rotate(q.transpose(1, 2), cos, sin),
+            out = attend(
+                rotate_half(q.transpose(1, 2), cos, sin),
                 keys[:, :, :end],
                 values[:, :, :end],
                 mask,
@@ -275,28 +228,6 @@ class LlamaDecode(Decode):
         return cast(Tensor, self.model.lm_head(self.base.norm(hidden))[:, -1])
 
 
-def _attend(q: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None, scale: float) -> Tensor:
-    """Queries ``(n, H_q, s, D)`` over ``(n, H_kv, L, D)`` keys and values -> ``(n, s, H_q, D)``.
-
-    Grouped-query attention without copying the cache: the ``H_q / H_kv`` query heads that
-    share a key/value head become more query rows of that head (the mask repeated for them).
-    ``mask`` None: causal when ``s == L``, else every key (one new token over the cache).
-    """
-    n, heads, s, dim = q.shape
-    kv_heads = keys.shape[1]
-    grouped = q.reshape(n, kv_heads, -1, dim)  # (n, H_kv, H_q / H_kv * s, D)
-    if mask is not None and heads > kv_heads:
-        mask = mask.repeat(1, 1, heads // kv_heads, 1)
-    causal = mask is None and s == keys.shape[2] and s > 1
-    if causal and heads > kv_heads:  # the repeated rows break is_causal's square layout
-        mask = torch.ones((s, s), dtype=torch.bool, device=q.device).tril()
-        mask, causal = mask.repeat(heads // kv_heads, 1)[None, None], False
-    out = F.scaled_dot_product_attention(
-        grouped, keys, values, attn_mask=mask, is_causal=causal, scale=scale
-    )
-    return out.reshape(n, heads, s, dim).transpose(1, 2)
-
-
 def start_decode(
     model: nn.Module,
     prompts: Tensor,
@@ -307,9 +238,9 @@ def start_decode(
 ) -> Decode:
     """Prefill the distinct prompts ``(U, P)`` for ``group`` responses each.
 
-    ``lean``: use :class:`LlamaDecode` when :func:`lean_decode_refusal` allows it, else
+    ``lean``: use :class:`LlamaDecode` when :func:`own_forward_refusal` allows it, else
     :class:`TransformersDecode`.
     """
-    if lean and lean_decode_refusal(model) is None:
+    if lean and own_forward_refusal(model) is None:
         return LlamaDecode(model, prompts, mask, group, max_new_tokens)
     return TransformersDecode(model, prompts, mask, group, max_new_tokens)
