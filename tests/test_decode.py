@@ -66,10 +66,12 @@ def _model(family: str) -> torch.nn.Module:
 
 @pytest.mark.parametrize("prompts", [PROMPTS, EQUAL], ids=["ragged", "equal"])
 @pytest.mark.parametrize("family", ["qwen2", "llama", "qwen3"])
-def test_lean_step_equals_the_models_forward(family: str, prompts: list[list[int]]) -> None:
+def test_lean_step_equals_the_models_forward(
+    family: str, prompts: list[list[int]], attention_path: str
+) -> None:
     """Next-token logits after prefill and after each of 6 fed tokens agree to 1e-12, also
     after rows are dropped mid-way, and equal a fresh forward over each whole (unpadded)
-    sequence."""
+    sequence, through either attention path."""
     model = _model(family)
     assert own_forward_refusal(model) is None
     ids, mask = left_pad(prompts, 0)

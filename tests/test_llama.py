@@ -42,9 +42,12 @@ def _loss_and_grads(
 
 @pytest.mark.parametrize("checkpointed", [False, True], ids=["plain", "checkpointed"])
 @pytest.mark.parametrize("family", ["qwen2", "llama", "qwen3"])
-def test_unpadded_forward_equals_the_models_forward(family: str, checkpointed: bool) -> None:
+def test_unpadded_forward_equals_the_models_forward(
+    family: str, checkpointed: bool, attention_path: str
+) -> None:
     """Logits at real response positions agree to 1e-12 (float64), padded positions are zero,
-    and the gradients of a masked loss agree, with activation checkpointing too."""
+    and the gradients of a masked loss agree, with activation checkpointing too, through
+    either attention path."""
     model = _model(family).train()
     if checkpointed:
         enable_activation_checkpointing(model)
