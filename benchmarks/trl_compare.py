@@ -472,6 +472,13 @@ DIFFERENCES = [
     "for its group, the Llama-family step over the model's modules with a preallocated cache, "
     "stopped rows dropped from the batch). Both sample from the full softmax at temperature 1 "
     "(TRL top_k=0).",
+    "Training forward: TRL runs the model's forward over the padded batch (prompt + longest "
+    "completion for every row); jackpot's `trainer.remove_padding` runs the Llama-family "
+    "forward over the real tokens only (projections and MLP skip the padding, the output layer "
+    "runs only where a response token is predicted), the same values and gradients.",
+    "Attention: TRL uses transformers' SDPA; jackpot's own forward (decode and training) "
+    "computes attention over at most 64 keys on a CPU as the explicit product (two matmuls "
+    "and a softmax), longer rows through SDPA.",
     "Rewards: both score the completion text without its stop token with the same exact-match "
     "function (TRL decodes with `skip_special_tokens=True`, jackpot drops the stop token).",
     "Loss: TRL's default `loss_type='dapo'` (token-level normalisation over the global batch), "

@@ -96,7 +96,8 @@ def rotate_half(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 EXPLICIT_ATTENTION_KEYS = 64
 """Up to this many keys, attention on a CPU runs as the explicit product (two batched
 matmuls and a softmax): torch's CPU flash kernel costs more per call than such short rows
-compute (forward + backward measured 2x slower at 22 keys, even at 128, faster from 256)."""
+compute (forward + backward measured 2x slower at 22 keys, about even at 128, faster
+from 256 keys, where the kernel wins)."""
 
 
 def attend(q: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None, scale: float) -> Tensor:
