@@ -634,7 +634,7 @@ def machine(trl_python: str) -> dict[str, Any]:
 QUICK = {"a": (1, 3, 1), "b": (1, 2, 1)}
 """``(n0, n1, rounds)`` of a ``--quick`` run: checks the plumbing, not the speed."""
 
-FULL = {"a": (4, 64, 5), "b": (1, 4, 2)}
+FULL = {"a": (4, 64, 7), "b": (1, 4, 2)}
 """``(n0, n1, rounds)`` of the real run. Section A as in issue 14 but 64 steps rather than 34
 in the long run: a process start varies by a second or more on a shared machine, and the
 60-step difference halves what that noise does to a period."""
