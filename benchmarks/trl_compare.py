@@ -476,9 +476,9 @@ DIFFERENCES = [
     "completion for every row); jackpot's `trainer.remove_padding` runs the Llama-family "
     "forward over the real tokens only (projections and MLP skip the padding, the output layer "
     "runs only where a response token is predicted), the same values and gradients.",
-    "Attention: TRL uses transformers' SDPA; jackpot's own forward (decode and training) "
-    "computes attention over at most 64 keys on a CPU as the explicit product (two matmuls "
-    "and a softmax), longer rows through SDPA.",
+    "Attention: TRL uses transformers' SDPA; jackpot's own forward computes the attention of "
+    "prompts and training rows of at most 64 tokens on a CPU as the explicit product (two "
+    "matmuls and a softmax), decode steps and longer rows through SDPA.",
     "Rewards: both score the completion text without its stop token with the same exact-match "
     "function (TRL decodes with `skip_special_tokens=True`, jackpot drops the stop token).",
     "Loss: TRL's default `loss_type='dapo'` (token-level normalisation over the global batch), "

@@ -94,10 +94,11 @@ def rotate_half(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 EXPLICIT_ATTENTION_KEYS = 64
-"""Up to this many keys, attention on a CPU runs as the explicit product (two batched
-matmuls and a softmax): torch's CPU flash kernel costs more per call than such short rows
-compute (forward + backward measured 2x slower at 22 keys, about even at 128, faster
-from 256 keys, where the kernel wins)."""
+"""Up to this many keys, attention of several queries per row (prefill, scoring, training)
+on a CPU runs as the explicit product (two batched matmuls and a softmax): torch's CPU flash
+kernel costs more per call than such short rows compute (forward + backward measured 2x
+slower at 22 keys, about even at 128; from 256 keys the kernel wins). A decode step's single
+query keeps the kernel, about 3 % faster there."""
 
 
 def attend(q: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None, scale: float) -> Tensor:
@@ -111,7 +112,7 @@ def attend(q: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None, scale: 
     n, heads, s, dim = q.shape
     kv_heads, length = keys.shape[1], keys.shape[2]
     grouped = q.reshape(n, kv_heads, -1, dim)  # (n, H_kv, H_q / H_kv * s, D)
-    explicit = q.device.type == "cpu" and length <= EXPLICIT_ATTENTION_KEYS
+    explicit = q.device.type == "cpu" and s > 1 and length <= EXPLICIT_ATTENTION_KEYS
     if mask is None and s == length and s > 1 and (heads > kv_heads or explicit):
         # Causal as an explicit mask: the repeated rows break is_causal's square layout.
         mask = torch.ones((s, s), dtype=torch.bool, device=q.device).tril()[None, None]
