@@ -20,8 +20,9 @@ def warmstart_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(params=["explicit", "sdpa"])
 def attention_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Each path of ``jackpot.llama.attend`` on a CPU: the explicit product (short rows, as
-    in these tests) and torch's SDPA kernel (forced by a zero key threshold)."""
+    """Each path of ``jackpot.llama.attend`` on a CPU for several queries per row (prefill,
+    scoring, training): the explicit product (short rows, as in these tests) and torch's SDPA
+    kernel (forced by a zero key threshold)."""
     if request.param == "sdpa":
         monkeypatch.setattr(jackpot.llama, "EXPLICIT_ATTENTION_KEYS", 0)
     return str(request.param)
