@@ -65,6 +65,9 @@ def test_smoke_two_steps_of_the_default_config(tmp_path: Path, warmstart_cache: 
     assert [r["step"] for r in rows] == [0.0, 1.0]
     assert set(rows[-1]) >= REQUIRED_KEYS, REQUIRED_KEYS - set(rows[-1])
     assert all(math.isfinite(v) for v in rows[-1].values())
+    # The policy is evaluated before its first update too: every curve starts at step 0.
+    assert 0.0 <= rows[0]["eval/start_accuracy"] <= rows[0]["eval/start_pass_at_k"] <= 1.0
+    assert "eval/start_accuracy" not in rows[1]
     assert 0.0 < rows[-1]["obrs/accept_rate"] <= 1.0
     assert result.plot is not None and result.plot.stat().st_size > 10_000
     assert (result.run_dir / "config.yaml").is_file()

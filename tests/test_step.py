@@ -240,3 +240,42 @@ def test_micro_batches_split_in_order_and_an_empty_index_gives_none() -> None:
     assert [p.tolist() for p in micro_batches(index, 2)] == [[4, 1], [3, 0], [2]]
     assert [p.tolist() for p in micro_batches(index, None)] == [[4, 1, 3, 0, 2]]
     assert micro_batches(index[:0], 2) == [] and micro_batches(index[:0], None) == []
+
+
+def test_distillation_only_gives_the_rollout_model_exactly_the_distillation_gradient() -> None:
+    from jackpot.losses import distill_kl_full
+
+    g = torch.Generator().manual_seed(3)
+    t, logits_inf, logits_ref = _tensors(torch.tensor([1.0, 0, 0, 1, 0, 1, 1, 0]))
+    t.logp_w_old = F.token_logprobs(logits_inf, t.response_ids)
+    ones = torch.ones(N, T)
+    w = (logits_inf + 0.2 * torch.randn(N, T, V, generator=g)).requires_grad_(True)
+
+    def total(rollout_rl: bool) -> tuple[torch.Tensor, object]:
+        w.grad = None
+        loss = joint_loss(
+            t,
+            torch.arange(N),
+            logits_ref.clone(),
+            SamplerOutput(ones, ones, ones),
+            logits_w=w,
+            distill_coef=0.5,
+            distill_direction="reverse",
+            clip_eps=0.2,
+            clip=True,
+            agg="token-mean",
+            rollout_tis_cap=2.0,
+            max_len=T,
+            rollout_rl=rollout_rl,
+        )
+        loss.total.backward()
+        assert w.grad is not None
+        return w.grad.clone(), loss
+
+    grad_only, only = total(rollout_rl=False)
+    grad_both, both = total(rollout_rl=True)
+    assert only.rollout is None and both.rollout is not None
+    w.grad = None
+    (0.5 * distill_kl_full(logits_ref, w, ones, direction="reverse", agg="token-mean", max_len=T)).backward()
+    torch.testing.assert_close(grad_only, w.grad)
+    assert not torch.allclose(grad_only, grad_both)  # the PPO term of the rollout model is gone

@@ -237,6 +237,10 @@ class AlgoConfig:
     """Loss aggregation: ``token-mean``, ``seq-mean-token-mean`` or ``seq-mean-token-sum-norm``."""
     train_rollout: bool = True
     """Train the rollout model (RL + distillation) on the same trajectories."""
+    rollout_rl: bool = True
+    """With ``train_rollout``: give the rollout model its own PPO loss besides the distillation.
+    False = distillation towards the policy alone (the paper's "TIS + Reverse KL" and "Only
+    Reverse KL" baselines)."""
     rollout_tis_cap: float = 2.0
     """Truncation of p_w_old/p_inf in the rollout model's PPO loss."""
     distill_coef: float = 0.5

@@ -233,6 +233,9 @@ class JackpotModule(L.LightningModule):
     def _rl_step(self) -> None:
         """One RL iteration: rollout, rewards, scores, minibatch updates, metrics."""
         step = self.current_epoch
+        if step == 0 and self.cfg.trainer.eval_every:  # the starting point of every curve
+            start = self.evaluate(step)
+            self.tracker.update({f"eval/start_{k.split('/')[1]}": v for k, v in start.items()})
         t0 = time.perf_counter()
         rollout = self._rollout(step)
         t_rollout = time.perf_counter() - t0
@@ -371,6 +374,7 @@ class JackpotModule(L.LightningModule):
                 rollout_tis_cap=cfg.algo.rollout_tis_cap,
                 max_len=state.rollout.params.max_new_tokens,
                 denominators=denominators,
+                rollout_rl=cfg.algo.rollout_rl,
             )
             finite = bool(torch.isfinite(loss.total))
             if not finite:  # skip this update; the rest of the minibatch cannot repair it

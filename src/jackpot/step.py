@@ -358,6 +358,7 @@ def joint_loss(
     rollout_tis_cap: float,
     max_len: int,
     denominators: tuple[Tensor, Tensor] | None = None,
+    rollout_rl: bool = True,
 ) -> JointLoss:
     """Policy PPO loss with the sampler's mask/weights, plus rollout-model RL and distillation.
 
@@ -366,7 +367,8 @@ def joint_loss(
     models (the teacher in the distillation term is detached). For a micro-batch of a larger
     minibatch, ``denominators`` = (:func:`~jackpot.losses.loss_denominator` of the minibatch's
     ``sampled.norm_mask``, of its response mask): the micro-batch losses then add up to the
-    minibatch's loss, and so do their gradients.
+    minibatch's loss, and so do their gradients. ``rollout_rl=False`` trains the rollout model
+    by distillation alone (no PPO term of its own).
     """
     den_pol, den_roll = (None, None) if denominators is None else denominators
     ids = t.response_ids[index]
@@ -390,21 +392,23 @@ def joint_loss(
     total = l_pol
     l_roll = l_dist = None
     if logits_w is not None:
-        assert t.logp_w_old is not None
-        logp_w = token_logp(logits_w, ids)
-        l_roll, roll_stats = rollout_model_loss(
-            logp_w,
-            t.logp_w_old[index],
-            t.logp_inf[index],
-            adv,
-            resp,
-            tis_cap=rollout_tis_cap,
-            clip_eps=clip_eps,
-            clip=clip,
-            agg=agg,  # type: ignore[arg-type]
-            max_len=max_len,
-            denominator=den_roll,
-        )
+        if rollout_rl:
+            assert t.logp_w_old is not None
+            l_roll, roll_stats = rollout_model_loss(
+                token_logp(logits_w, ids),
+                t.logp_w_old[index],
+                t.logp_inf[index],
+                adv,
+                resp,
+                tis_cap=rollout_tis_cap,
+                clip_eps=clip_eps,
+                clip=clip,
+                agg=agg,  # type: ignore[arg-type]
+                max_len=max_len,
+                denominator=den_roll,
+            )
+            total = total + l_roll
+            stats.update({f"rollout/{k}": v for k, v in roll_stats.items()})
         l_dist = distill_kl_full(
             logits_new.detach(),
             logits_w,
@@ -414,8 +418,7 @@ def joint_loss(
             max_len=max_len,
             denominator=den_roll,
         )
-        total = total + l_roll + distill_coef * l_dist
-        stats.update({f"rollout/{k}": v for k, v in roll_stats.items()})
+        total = total + distill_coef * l_dist
     return JointLoss(total, l_pol, l_roll, l_dist, stats)
 
 
