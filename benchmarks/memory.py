@@ -386,14 +386,23 @@ def _secs(x: float | None) -> str:
     return "—" if x is None or not math.isfinite(x) else f"{x:.1f}"
 
 
+def _micro_desc(res: dict[str, Any]) -> str:
+    """How the new path's micro-batch size was set."""
+    if res["micro_batch_size"] is None:
+        return (
+            "the default config's automatic size, from `trainer.micro_batch_tokens` and "
+            "`trainer.micro_batch_logits_gb`"
+        )
+    return f"`trainer.micro_batch_size={res['micro_batch_size']}` sequences"
+
+
 def nxtv_gib(n: int, tokens: int, vocab: int) -> float:
     """Size of one fp32 N x T x V tensor in GiB."""
     return n * tokens * vocab * 4 / 2**30
 
 
 PATH_DESC = {
-    "new": "`new`: the streaming trainer (scoring and updates in micro-batches of "
-    "`trainer.micro_batch_size={micro_batch_size}` sequences).",
+    "new": "`new`: the streaming trainer (scoring and updates in micro-batches: {micro}).",
     "old": "`old`: the trainer before streaming steps (a `git worktree` of that commit on its "
     "own `PYTHONPATH`), which keeps the policy's N x T x V logits for the whole step and runs "
     "each minibatch in one pass.",
@@ -478,7 +487,7 @@ def render(res: dict[str, Any]) -> str:
         f"N = prompts x {res['group_size']} sequences, T = {res['new_tokens']} new tokens "
         f"({_lengths(measured, res['new_tokens'])}), decoupled, top-k OBRS (k = 8, budget "
         "0.9, p_target = ref), the rollout model trained (RL + distillation), 2 minibatches. "
-        + " ".join(PATH_DESC[name].format(**res) for name in names)
+        + " ".join(PATH_DESC[name].format(micro=_micro_desc(res)) for name in names)
         + " A size is skipped when the peak extrapolated from the smaller N would not fit in "
         f"the memory available at that moment minus {MARGIN_MIB / 1024:.0f} GiB (the machine "
         "is shared).",
@@ -536,10 +545,11 @@ FULL: dict[str, Any] = {
     "new_tokens": 32,
     "steps": 1,
     "vocab": 151_936,
-    "micro_batch_size": 8,
+    "micro_batch_size": None,
 }
-"""The issue's sizes: N = 32-256 sequences x 32 new tokens at Qwen's vocabulary. One RL step
-per run: every tensor of a step is allocated in the first one (same shapes after), and at
+"""N = 32-256 sequences x 32 new tokens at Qwen's vocabulary, the default config's automatic
+micro-batches (``--micro-batch-size`` fixes one). One RL step per run: every tensor of a step
+is allocated in the first one (same shapes after), and at
 N = 256 a step takes minutes on a shared 2-core machine."""
 
 QUICK: dict[str, Any] = {

@@ -33,6 +33,9 @@ SPLIT_ONLY = {
     ],
     "obrs-topk-new": ["trainer.remove_padding=false"],
 }
+# How the split run splits: a fixed size, or (tis) the automatic size from a token budget of
+# one token, which leaves one sequence per pass.
+SPLIT_BY = {"tis": ["trainer.micro_batch_tokens=1"]}
 
 
 def _one_step(
@@ -63,8 +66,6 @@ def _one_step(
             }
         step(self, opts, finite)
 
-    monkeypatch.setattr(JackpotModule, "_score", keep_state)
-    monkeypatch.setattr(JackpotModule, "_step", keep_grads)
     trainer = L.Trainer(
         max_epochs=1,
         accelerator="cpu",
@@ -73,7 +74,10 @@ def _one_step(
         enable_progress_bar=False,
         enable_model_summary=False,
     )
-    trainer.fit(module)
+    with monkeypatch.context() as patch:  # undone before the next run patches again
+        patch.setattr(JackpotModule, "_score", keep_state)
+        patch.setattr(JackpotModule, "_step", keep_grads)
+        trainer.fit(module)
     seen["before"], seen["module"] = before, module
     return seen
 
@@ -86,9 +90,15 @@ def test_micro_batches_and_reused_old_logprobs_leave_the_update_unchanged(
     split = _one_step(
         tmp_path / "b",
         warmstart_cache,
-        [*SAMPLERS[sampler], "trainer.micro_batch_size=3", *SPLIT_ONLY.get(sampler, [])],
+        [
+            *SAMPLERS[sampler],
+            *SPLIT_BY.get(sampler, ["trainer.micro_batch_size=3"]),
+            *SPLIT_ONLY.get(sampler, []),
+        ],
         monkeypatch,
     )
+    assert whole["state"].micro >= len(whole["state"].tensors.advantages)  # the automatic size
+    assert split["state"].micro == (1 if sampler in SPLIT_BY else 3)
     assert whole["grads"].keys() == split["grads"].keys() and whole["grads"]
     assert any("rollout_model" in n for n in whole["grads"])  # both models trained
     for name, grad in whole["grads"].items():

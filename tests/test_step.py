@@ -10,6 +10,7 @@ from jackpot.samplers import get_sampler
 from jackpot.samplers.base import SamplerOutput
 from jackpot.step import (
     TargetScores,
+    auto_micro_batch_size,
     candidate_set,
     joint_loss,
     micro_batches,
@@ -276,6 +277,22 @@ def test_distillation_only_gives_the_rollout_model_exactly_the_distillation_grad
     grad_both, both = total(rollout_rl=True)
     assert only.rollout is None and both.rollout is not None
     w.grad = None
-    (0.5 * distill_kl_full(logits_ref, w, ones, direction="reverse", agg="token-mean", max_len=T)).backward()
+    (
+        0.5 * distill_kl_full(logits_ref, w, ones, direction="reverse", agg="token-mean", max_len=T)
+    ).backward()
     torch.testing.assert_close(grad_only, w.grad)
     assert not torch.allclose(grad_only, grad_both)  # the PPO term of the rollout model is gone
+
+
+def test_automatic_micro_batches_respect_both_budgets_and_hold_at_least_one_sequence() -> None:
+    qwen = 151_936
+    # 32 response tokens at Qwen's vocabulary: 19.4 MB of fp32 logits per sequence.
+    assert auto_micro_batch_size(48, 32, qwen, 16384, 0.25) == 13
+    assert auto_micro_batch_size(48, 32, qwen, 16384, 1.0) == 55
+    assert auto_micro_batch_size(2048, 32, qwen, 16384, 1.0) == 8  # the token budget binds
+    assert auto_micro_batch_size(9000, 8192, qwen, 16384, 0.25) == 1  # one long row still runs
+    assert auto_micro_batch_size(22, 8, 19, 16384, 0.25) == 16384 // 22  # a tiny vocabulary
+    for seq, resp, vocab, tokens, gb in [(48, 32, qwen, 4096, 0.5), (300, 256, 32000, 9999, 2.0)]:
+        n = auto_micro_batch_size(seq, resp, vocab, tokens, gb)
+        assert n * seq <= tokens and n * resp * vocab * 4 <= gb * 2**30
+        assert (n + 1) * seq > tokens or (n + 1) * resp * vocab * 4 > gb * 2**30

@@ -299,7 +299,16 @@ class TrainerConfig:
     micro_batch_size: int | None = None
     """Sequences per forward pass, for scoring and for the updates (a minibatch is then several
     micro-batches with gradient accumulation; the gradient equals the unsplit one). Bounds the
-    memory of a step: logits exist for one micro-batch at a time. None = a whole minibatch."""
+    memory of a step: logits exist for one micro-batch at a time. None = chosen every step from
+    ``micro_batch_tokens`` and ``micro_batch_logits_gb`` (the memory then stays flat as the
+    batch grows)."""
+    micro_batch_tokens: int = 16384
+    """Automatic micro-batches: at most this many (padded) tokens per forward pass, which
+    bounds the activations (verl's default ``ppo_max_token_len_per_gpu``)."""
+    micro_batch_logits_gb: float = 0.25
+    """Automatic micro-batches: at most this many GB of fp32 response logits per forward pass
+    (sequences x response tokens x vocabulary x 4 bytes; 12 sequences of 32 tokens at a
+    152k vocabulary). The pass's log-softmax and gradient hold a few copies of them."""
     remove_padding: bool = True
     """Score and train Llama-family models (Llama, Qwen2, Qwen3) over their real tokens only:
     the projections and MLP skip the padding of a batch, the output layer runs only where a
@@ -417,6 +426,8 @@ _RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "trainer.eval_samples": (1, math.inf, False, True),
     "trainer.num_threads": (1, math.inf, False, True),
     "trainer.micro_batch_size": (1, math.inf, False, True),
+    "trainer.micro_batch_tokens": (1, math.inf, False, True),
+    "trainer.micro_batch_logits_gb": (0, math.inf, True, True),
     "trainer.max_full_logits_gb": (0, math.inf, True, True),
 }
 

@@ -11,6 +11,7 @@ epoch counter is the RL step and a checkpoint taken at an epoch end resumes exac
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 from jackpot.config import JackpotConfig, as_dict
 from jackpot.controllers import DistillController
@@ -43,6 +45,7 @@ from jackpot.samplers.base import Sampler, SamplerOutput
 from jackpot.step import (
     StepTensors,
     TargetScores,
+    auto_micro_batch_size,
     empty_target_scores,
     forward_logits,
     joint_loss,
@@ -96,6 +99,8 @@ class StepState:
     """Rows whose p_ref comes from the first update's forward (nothing changed the policy yet)."""
     w_pending: Tensor
     """Rows whose p_w_old comes from the first update's forward of the rollout model."""
+    micro: int = 1
+    """Sequences per forward pass (``trainer.micro_batch_size``, or chosen from the budgets)."""
     fixed: SamplerOutput | None = None
     """The sampler's decisions for the whole step when p_target = ref."""
 
@@ -167,6 +172,8 @@ class JackpotModule(L.LightningModule):
             else None
         )
         self.nonfinite_streak = 0
+        self.micro_printed = False
+        """Whether the automatic micro-batch size was printed (once per run)."""
         self.last_metrics: dict[str, float] = {}
         self.last_logged: float | None = None
         """When the previous RL step's metrics were logged (``perf/period_s``)."""
@@ -273,7 +280,7 @@ class JackpotModule(L.LightningModule):
             )
         n, t = rollout.response_ids.shape
         first = first.to(self.device)
-        micro = self.cfg.trainer.micro_batch_size
+        micro = self._micro_batch_size(rollout)
         none = first[:0]
         ref_pending = first if len(micro_batches(first, micro)) == 1 else none
         w_pending = first if self.train_rollout and not rescore else none
@@ -310,7 +317,7 @@ class JackpotModule(L.LightningModule):
             if rescore
             else None
         )
-        state = StepState(rollout, tensors, ref, logits_inf, ref_pending, w_pending)
+        state = StepState(rollout, tensors, ref, logits_inf, ref_pending, w_pending, micro)
         rows_all = torch.arange(n, device=self.device)
         with torch.no_grad():
             for rows in micro_batches(_without(rows_all, ref_pending), micro):
@@ -327,7 +334,7 @@ class JackpotModule(L.LightningModule):
     ) -> None:
         """One joint update of both models on rows ``index``, in micro-batches."""
         cfg = self.cfg
-        pieces = micro_batches(index, cfg.trainer.micro_batch_size)
+        pieces = micro_batches(index, state.micro)
         held = None  # the policy's logits with grad, when the minibatch is one micro-batch
         if len(pieces) == 1:
             held = self._response_logits(self.policy, state.rollout, index)
@@ -461,6 +468,32 @@ class JackpotModule(L.LightningModule):
             r = self.cfg.rollout  # logits are already scaled by the temperature: truncate only
             logp = sampling_logprobs(logits_w, 1.0, r.top_k, r.top_p)
             state.logits_inf[rows] = logp.to(state.logits_inf.dtype)
+
+    def _micro_batch_size(self, rollout: RolloutBatch) -> int:
+        """``trainer.micro_batch_size``, or the largest size within the token and logit budgets
+        for this step's padded lengths (printed once per run, logged every step)."""
+        trainer = self.cfg.trainer
+        size = trainer.micro_batch_size
+        if size is None:
+            t = rollout.response_ids.shape[1]
+            size = auto_micro_batch_size(
+                rollout.prompt_ids.shape[1] + t,
+                t,
+                self._vocab_size(),
+                trainer.micro_batch_tokens,
+                trainer.micro_batch_logits_gb,
+            )
+            if not self.micro_printed and self.global_rank == 0:
+                tqdm.write(
+                    f"micro-batches: {size} sequences per forward pass at {t} response tokens "
+                    f"(trainer.micro_batch_tokens={trainer.micro_batch_tokens}, "
+                    f"trainer.micro_batch_logits_gb={trainer.micro_batch_logits_gb:g}; "
+                    "set trainer.micro_batch_size to fix it)",
+                    file=sys.stderr,
+                )
+            self.micro_printed = True
+        self.tracker.update({"perf/micro_batch_size": float(size)})
+        return size
 
     def _score_dtype(self) -> torch.dtype:
         """float32 for the scores a step keeps (bf16 models included), float64 for fp64 ones."""

@@ -93,6 +93,21 @@ def micro_batches(index: Tensor, size: int | None) -> list[Tensor]:
     return list(index.split(size))
 
 
+def auto_micro_batch_size(
+    seq_len: int, response_len: int, vocab: int, max_tokens: int, max_logits_gb: float
+) -> int:
+    """Sequences per forward pass so that one pass holds at most ``max_tokens`` (padded) tokens
+    and its ``(n, response_len, vocab)`` fp32 logits at most ``max_logits_gb``; at least one.
+
+    The two bounds are what grows with the batch in a scoring or training pass: activations
+    scale with the tokens, the output layer's logits (and their gradient) with tokens x
+    vocabulary, which dominates at a 152k vocabulary.
+    """
+    by_tokens = max_tokens // max(seq_len, 1)
+    by_logits = int(max_logits_gb * 2**30 // (max(response_len, 1) * vocab * 4))
+    return max(1, min(by_tokens, by_logits))
+
+
 def forward_logits(
     model: torch.nn.Module,
     ids: Tensor,
