@@ -21,6 +21,8 @@ from jackpot.experiments.compare import (
     run_comparison,
 )
 from jackpot.experiments.summary import (
+    accuracy_curve,
+    area_under_curve,
     collapse_step,
     cumulative_time,
     gpu_rollout_scale,
@@ -50,6 +52,32 @@ def _rows(acc: list[float], **const: float) -> list[dict[str, float]]:
 )
 def test_collapse_step(curve: list[float], expected: float | None) -> None:
     assert collapse_step(list(enumerate(map(float, curve))), 0.5) == expected
+
+
+def test_a_collapse_counts_against_the_starting_accuracy_when_given() -> None:
+    curve = [(0.0, 0.6), (1.0, 0.25), (2.0, 0.2)]
+    assert collapse_step(curve, 0.5) == 1.0  # below half of the best so far (0.6)
+    assert collapse_step(curve, 0.5, reference=0.4) is None  # above half of the start (0.4)
+    assert collapse_step(curve, 0.5, reference=0.6) == 1.0
+
+
+def test_the_accuracy_curve_starts_before_the_first_update_and_feeds_the_new_figures() -> None:
+    rows = _rows([0.3, 0.5, 0.4, 0.6], **{"weights/ess": 0.8, "data/zero_adv_group_frac": 0.25})
+    rows[0]["eval/start_accuracy"] = 0.1
+    for i, r in enumerate(rows):
+        r["reward/mean"] = 0.1 * (i + 1)
+    assert accuracy_curve(rows) == [(0.0, 0.1), (1.0, 0.3), (2.0, 0.5), (3.0, 0.4), (4.0, 0.6)]
+    # Trapezoids over 4 updates: (0.2 + 0.4 + 0.45 + 0.5) / 4
+    assert area_under_curve(accuracy_curve(rows)) == pytest.approx(0.3875)
+    run = summarise_run(rows, wall_s=1.0, collapse_frac=0.5)
+    assert run.start_accuracy == 0.1 and run.auc_accuracy == pytest.approx(0.3875)
+    assert run.last_accuracy == pytest.approx(0.5)  # mean of the last three evaluations
+    assert (run.ess, run.zero_adv_frac) == (pytest.approx(0.8), pytest.approx(0.25))
+    assert (run.reward_start, run.reward_end) == (pytest.approx(0.1), pytest.approx(0.4))
+    assert run.collapse_step is None
+    falls = _rows([0.3, 0.04, 0.02])
+    falls[0]["eval/start_accuracy"] = 0.1
+    assert summarise_run(falls, wall_s=1.0, collapse_frac=0.5).collapse_step == 1.0
 
 
 def test_a_run_stopped_on_nonfinite_updates_collapsed_where_it_stopped() -> None:
@@ -87,7 +115,7 @@ def test_summarise_run_and_method() -> None:
     assert method.reached == 1 and method.time_to_target_s.mean == pytest.approx(4.0)
     assert method.wall_s == pytest.approx(15.0)
     table = markdown_table([method], [], _cfg_for_table(), 60.0, 30.0, 3.0)
-    assert "| `m` | 0.150 ± 0.635 | 0.300 ± 2.541 |" in table and "1/2 (2)" in table
+    assert "| `m` | n/a | 0.300 ± 2.541 |" in table and "1/2 (2)" in table  # no start logged
     assert "4 ± nan" not in table and "| 4 s (1/2) |" in table and "multiplied by 3.00" in table
     unprojected = markdown_table([method], [], _cfg_for_table(), 60.0, 30.0, math.nan)
     assert "no projected GPU time" in unprojected and "nan" not in unprojected
@@ -147,7 +175,7 @@ def test_paired_comparisons_cover_every_method_against_each_baseline() -> None:
         for s in (0, 1)
     }
     pairs = {(p.method, p.against, p.metric): p for p in paired_comparisons(cfg, rows)}
-    assert len(pairs) == 2 * 2 * 2  # 2 others per baseline, final and best accuracy
+    assert len(pairs) == 2 * 2 * 4  # 2 others per baseline, final/last/mean/best accuracy
     assert pairs[("jackpot", "tis", "final_accuracy")].diff.mean == pytest.approx(0.05)
     assert pairs[("tis", "on_policy", "best_accuracy")].diff.mean == pytest.approx(-0.1)
 
@@ -221,9 +249,19 @@ def test_the_staleness_ablation_reuses_each_rollout_batch_without_the_clip() -> 
     from jackpot.config import load_config
 
     cfg = load_compare_config(ROOT / "configs" / "compare_staleness.yaml")
-    assert set(cfg.methods) == {"none", "tis", "jackpot"} and cfg.out.startswith("runs/")
-    run = load_config(cfg.methods["jackpot"].config, cfg.overrides)
-    assert run.algo.minibatches * run.algo.ppo_epochs > 2 and not run.algo.clip
+    assert set(cfg.methods) == {"clipped", "no_clip", "jackpot_no_clip"}
+    assert cfg.out.startswith("runs/")
+    runs = {
+        name: load_config(
+            ROOT / "configs" / m.config, [*cfg.overrides, *m.overrides], check_paths=False
+        )
+        for name, m in cfg.methods.items()
+    }
+    for name, run in runs.items():  # one model, each rollout batch 16 times the train batch
+        assert run.algo.mode == "on_policy" and run.algo.minibatches >= 16, name
+        assert run.algo.clip == (name == "clipped"), name
+    jackpot = runs["jackpot_no_clip"].sampler
+    assert (jackpot.name, jackpot.p_target, jackpot.lam) == ("obrs", "new", 0.5)
 
 
 def test_bad_comparison_configs_fail_before_anything_runs(
@@ -263,7 +301,8 @@ def test_a_tiny_grid_runs_end_to_end_and_reuses_finished_runs(
     obrs = next(m for m in result["methods"] if m["name"] == "obrs")
     assert 0 < obrs["acceptance"]["mean"] <= 1 and obrs["reached"] == 2  # target 0: reached
     assert result["on_policy_methods"] == ["on_policy"] and result["gpu_rollout_scale"] > 0
-    assert [(p["method"], p["against"]) for p in result["paired"]] == [("obrs", "on_policy")] * 2
+    assert [(p["method"], p["against"]) for p in result["paired"]] == [("obrs", "on_policy")] * 4
+    assert all(m["start_accuracy"]["n"] == 2 for m in result["methods"])  # evaluated at step 0
     json.loads((out / "compare.json").read_text())  # strict JSON
     first = (tmp_path / "runs" / "obrs" / "seed0" / "metrics.csv").stat().st_mtime_ns
     # --quick reuses the grid's runs (nothing reruns) and writes beside --out

@@ -32,6 +32,7 @@ from jackpot.experiments.summary import (
     RunSummary,
     Spread,
     acceptance_key,
+    accuracy_curve,
     cumulative_time,
     gpu_rollout_scale,
     paired_comparison,
@@ -49,6 +50,15 @@ CURVES = {
     "reward": ("reward/mean", "rollout reward"),
 }
 """Plot name -> (metric key, or None for the acceptance/keep rate, y label)."""
+
+PAIRED_METRICS = {
+    "final_accuracy": "final",
+    "last_accuracy": "last-3 mean",
+    "auc_accuracy": "mean over run",
+    "best_accuracy": "best",
+}
+"""Accuracy figures compared seed by seed (see :class:`~jackpot.experiments.summary.RunSummary`),
+with their column names."""
 
 _FINISHED = "finished.json"
 """Written into a run's directory when its subprocess ended; holds exit code and wall time."""
@@ -308,13 +318,13 @@ def run_comparison(cfg: CompareConfig) -> dict[str, Any]:
 def paired_comparisons(
     cfg: CompareConfig, runs: dict[tuple[str, int], RunSummary]
 ) -> list[PairedComparison]:
-    """Final and best accuracy of every method against each of ``cfg.paired_against``."""
+    """Every :data:`PAIRED_METRICS` of every method against each of ``cfg.paired_against``."""
     out = []
     for against in cfg.paired_against:
         for method in cfg.methods:
             if method == against:
                 continue
-            for metric in ("final_accuracy", "best_accuracy"):
+            for metric in PAIRED_METRICS:
                 a, b = (
                     {s: getattr(v, metric) for (m, s), v in runs.items() if m == name}
                     for name in (method, against)
@@ -399,28 +409,41 @@ def markdown_table(
     target = cfg.target_accuracy
     lines = [
         f"Seeds {list(cfg.seeds)}; mean ± half-width of the 95 % confidence interval over seeds "
-        "(t-distribution). Accuracy = mean@k of the policy on the held-out split; first = the "
-        "first evaluation, final = the last. Paired: the difference of final accuracy, seed by "
-        "seed, with its 95 % t-interval and the p-values of a paired t-test / Wilcoxon "
-        "signed-rank test. Collapse: eval accuracy stays below "
-        f"{cfg.collapse_frac:.0%} of its best so far. Runs: {runs_wall_s / 60:.1f} min of wall "
-        f"time added up; this invocation took {grid_wall_s / 60:.1f} min with {cfg.jobs} in "
-        "parallel (reused runs take no time).",
+        "(t-distribution). Accuracy = mean@k of the policy on the held-out split; start = "
+        "before the first update, final = the last evaluation, last-3 mean = the mean of the "
+        "last three, mean over run = the area under the accuracy curve (from the start) "
+        "divided by its length. Collapse: eval accuracy stays below "
+        f"{cfg.collapse_frac:.0%} of the starting accuracy (of its best so far where no start "
+        f"was logged). Runs: {runs_wall_s / 60:.1f} min of wall time added up; this invocation "
+        f"took {grid_wall_s / 60:.1f} min with {cfg.jobs} in parallel (reused runs take no "
+        "time).",
         "",
-        "| method | first acc | final acc | best acc | final pass@k | "
-        + " | ".join(f"Δ final vs `{a}`" for a in cfg.paired_against)
-        + " | collapsed (steps) |",
-        "| --- " * (6 + len(cfg.paired_against)) + "|",
+        "| method | start acc | final acc | last-3 mean | best acc | mean over run "
+        "| final pass@k | collapsed (steps) |",
+        "| --- " * 8 + "|",
     ]
     for m in methods:
         collapsed = f"{m.collapsed}/{m.seeds}"
         if m.collapse_steps:
             collapsed += " (" + ", ".join(f"{s:.0f}" for s in m.collapse_steps) + ")"
-        cells = [_paired_cell(by.get((m.name, a, "final_accuracy"))) for a in cfg.paired_against]
         lines.append(
-            f"| `{m.name}` | {_ci(m.first_accuracy)} | {_ci(m.accuracy)} | "
-            f"{_ci(m.best_accuracy)} | {_ci(m.pass_at_k)} | {' | '.join(cells)} | {collapsed} |"
+            f"| `{m.name}` | {_ci(m.start_accuracy)} | {_ci(m.accuracy)} | "
+            f"{_ci(m.last_accuracy)} | {_ci(m.best_accuracy)} | {_ci(m.auc_accuracy)} | "
+            f"{_ci(m.pass_at_k)} | {collapsed} |"
         )
+    for against in cfg.paired_against:
+        lines += [
+            "",
+            f"Paired against `{against}`: the difference seed by seed, with its 95 % t-interval "
+            "and the p-values of a paired t-test / Wilcoxon signed-rank test.",
+            "",
+            "| method | " + " | ".join(f"Δ {name}" for name in PAIRED_METRICS.values()) + " |",
+            "| --- " * (1 + len(PAIRED_METRICS)) + "|",
+        ]
+        for m in methods:
+            if m.name != against:
+                cells = [_paired_cell(by.get((m.name, against, k))) for k in PAIRED_METRICS]
+                lines.append(f"| `{m.name}` | {' | '.join(cells)} |")
     reach = f"time to acc ≥ {target:.2f}" if target is not None else "time to target"
     project = math.isfinite(scale)
     projection = (
@@ -436,13 +459,18 @@ def markdown_table(
         "",
         "Mismatch and cost. KL = `mismatch/kl_k3`, KL(p_inf ‖ p_target) per token (k3) before "
         "correction, at the first step and over the last 10 % of the steps; after OBRS = on the "
-        "accepted tokens (mean over steps). Training time = rollout + update seconds summed "
-        f"over the steps (evaluation and start-up excluded), measured on this CPU; {projection} "
+        "accepted tokens (mean over steps). ESS = `weights/ess` and zero-adv. groups = the share "
+        "of groups whose rewards are all equal (no signal), means over steps. Rollout reward = "
+        "`reward/mean` of whichever model rolls out (the rollout model in decoupled runs), at "
+        "the first step and over the last 10 % of the steps. Training time = rollout + update "
+        "seconds summed over the steps (evaluation and start-up excluded), measured on this "
+        f"CPU; {projection} "
         "Time to target: mean over the seeds that reached it (how many in brackets).",
         "",
-        "| method | KL start | KL end | KL after OBRS | acceptance / kept | "
+        "| method | KL start | KL end | KL after OBRS | acceptance / kept | ESS "
+        "| zero-adv. groups | rollout reward start → end | "
         f"train time / run | rollout share | {reach} |{gpu_head}",
-        "| --- " * (10 if project else 8) + "|",
+        "| --- " * (13 if project else 11) + "|",
     ]
     for m in methods:
         gpu = (
@@ -452,7 +480,9 @@ def markdown_table(
         )
         lines.append(
             f"| `{m.name}` | {_ci(m.kl_k3_start, 3)} | {_ci(m.kl_k3_end, 3)} | "
-            f"{_ci(m.kl_k3_after, 3)} | {_ci(m.acceptance)} | {m.train_s:.0f} s | "
+            f"{_ci(m.kl_k3_after, 3)} | {_ci(m.acceptance)} | {_ci(m.ess)} | "
+            f"{_ci(m.zero_adv_frac)} | {_ci(m.reward_start)} → {_ci(m.reward_end)} | "
+            f"{m.train_s:.0f} s | "
             f"{_share(m.rollout_share)} | {_seconds(m.time_to_target_s, m.reached, m.seeds)} |{gpu}"
         )
     lines += ["", f"Shared overrides: `{' '.join(cfg.overrides) or '(none)'}`. Methods:", ""]
@@ -465,6 +495,7 @@ def markdown_table(
 def _write_curves(path: Path, rows: Curves) -> None:
     """Long-format curves (method, seed, step, key, value) of the plotted and tabled keys."""
     keys = (
+        "eval/start_accuracy",
         "eval/accuracy",
         "eval/pass_at_k",
         "reward/mean",
@@ -475,6 +506,8 @@ def _write_curves(path: Path, rows: Curves) -> None:
         "perf/step_s",
         "perf/rollout_share",
         "perf/rollout_tokens_per_s",
+        "weights/ess",
+        "data/zero_adv_group_frac",
     )
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
@@ -512,7 +545,9 @@ def plot_curves(rows: Curves, cfg: CompareConfig, key: str | None, label: str, o
         for seed in cfg.seeds:
             run_rows = rows.get((method, seed), [])
             k = key or acceptance_key(run_rows)
-            per_seed.append(dict(series(run_rows, k)))
+            # Accuracy from its start (before the first update), x = updates done.
+            curve = accuracy_curve(run_rows) if k == "eval/accuracy" else series(run_rows, k)
+            per_seed.append(dict(curve))
         steps = sorted(set().union(*per_seed))
         if steps:
             _band(ax, steps, [[s[x] for s in per_seed if x in s] for x in steps], method)
@@ -547,8 +582,9 @@ def plot_accuracy_vs_time(rows: Curves, cfg: CompareConfig, scale: float, out: P
             times: list[dict[float, float]] = []
             for seed in cfg.seeds:
                 run_rows = rows.get((method, seed), [])
-                acc.append(dict(series(run_rows, "eval/accuracy")))
-                times.append(dict(cumulative_time(run_rows, factor)))
+                acc.append(dict(accuracy_curve(run_rows)))
+                spent = [(s + 1, t) for s, t in cumulative_time(run_rows, factor)]
+                times.append(dict([(0.0, 0.0), *spent]))
             steps = sorted(set.intersection(*(set(a) for a in acc))) if acc else []
             if not steps:
                 continue

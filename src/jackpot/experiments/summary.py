@@ -9,6 +9,7 @@ they are NaN and everything else is still computed.
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 import warnings
@@ -21,6 +22,8 @@ __all__ = [
     "RunSummary",
     "Spread",
     "acceptance_key",
+    "accuracy_curve",
+    "area_under_curve",
     "collapse_step",
     "cumulative_time",
     "gpu_rollout_scale",
@@ -40,25 +43,46 @@ def series(rows: Rows, key: str) -> list[tuple[float, float]]:
     return [(r["step"], r[key]) for r in rows if key in r and math.isfinite(r[key])]
 
 
+def accuracy_curve(rows: Rows) -> list[tuple[float, float]]:
+    """``(policy updates, eval accuracy)``: the evaluation before the first update at 0
+    (``eval/start_accuracy``, when logged), then the one after RL step ``s`` at ``s + 1``."""
+    start = series(rows, "eval/start_accuracy")[:1]
+    return [(0.0, v) for _, v in start] + [(s + 1, v) for s, v in series(rows, "eval/accuracy")]
+
+
+def area_under_curve(points: Sequence[tuple[float, float]]) -> float:
+    """Mean height of a piecewise-linear curve over its x-span (the trapezoid area divided by
+    the span): the accuracy a run held on average, which a single final point hides."""
+    if len(points) < 2:
+        return points[0][1] if points else math.nan
+    area = sum((x1 - x0) * (y0 + y1) / 2 for (x0, y0), (x1, y1) in itertools.pairwise(points))
+    return area / (points[-1][0] - points[0][0])
+
+
 def acceptance_key(rows: Rows) -> str:
     """``obrs/accept_rate`` where the sampler rejects by OBRS/RS, else ``sampler/keep_rate``."""
     return "obrs/accept_rate" if series(rows, "obrs/accept_rate") else "sampler/keep_rate"
 
 
 def collapse_step(
-    points: Sequence[tuple[float, float]], frac: float, stopped_at: float | None = None
+    points: Sequence[tuple[float, float]],
+    frac: float,
+    stopped_at: float | None = None,
+    reference: float | None = None,
 ) -> float | None:
-    """First step after which a curve stays below ``frac`` x its best value so far.
+    """First step after which a curve stays below ``frac`` x ``reference`` (the starting
+    accuracy), or ``frac`` x its best value so far when no reference is given.
 
-    ``points``: ``(step, eval accuracy)`` in step order. A run that drops under ``frac`` of
-    its running best and never climbs back above it has collapsed at the first such step; a
-    run stopped early (non-finite loss) has collapsed where it stopped. ``None``: no collapse.
+    ``points``: ``(step, eval accuracy)`` in step order. A run that drops under the threshold
+    and never climbs back above it has collapsed at the first such step; a run stopped early
+    (non-finite loss) has collapsed where it stopped. ``None``: no collapse.
     """
     best = -math.inf
     since: float | None = None
     for step, value in points:
         best = max(best, value)
-        below = best > 0 and value < frac * best
+        level = best if reference is None else reference
+        below = level > 0 and value < frac * level
         since = (since if since is not None else step) if below else None
     if since is None and stopped_at is not None:
         return stopped_at
@@ -203,6 +227,12 @@ class RunSummary:
     """Last ``eval/accuracy`` (mean@k on the held-out split)."""
     first_accuracy: float
     """First logged ``eval/accuracy``."""
+    start_accuracy: float
+    """``eval/start_accuracy``: the policy before its first update (NaN when not logged)."""
+    last_accuracy: float
+    """Mean ``eval/accuracy`` of the last ``last_evals`` evaluations."""
+    auc_accuracy: float
+    """Mean accuracy over the run: :func:`area_under_curve` of :func:`accuracy_curve`."""
     final_pass_at_k: float
     """Last ``eval/pass_at_k``."""
     best_accuracy: float
@@ -217,6 +247,14 @@ class RunSummary:
     """Mean over steps of ``mismatch/kl_k3_after`` (NaN for samplers that do not reject)."""
     acceptance: float
     """Mean over steps of the acceptance (OBRS) or keep rate (other samplers)."""
+    ess: float
+    """Mean over steps of ``weights/ess``, the effective sample size of the step's weights."""
+    zero_adv_frac: float
+    """Mean over steps of ``data/zero_adv_group_frac`` (groups whose rewards are all equal)."""
+    reward_start: float
+    """``reward/mean`` of the first step: the reward of whichever model rolls out."""
+    reward_end: float
+    """Mean ``reward/mean`` over the last 10 % of the steps."""
     collapse_step: float | None
     """See :func:`collapse_step`."""
     steps: int
@@ -242,13 +280,17 @@ def summarise_run(
     stopped_early: bool = False,
     target: float = math.nan,
     rollout_scale: float = math.nan,
+    last_evals: int = 3,
 ) -> RunSummary:
     """Reduce one run's rows to its :class:`RunSummary`.
 
     ``target``: accuracy whose first reaching is timed; ``rollout_scale``: factor of the
-    projected GPU time axis (NaN: no projection).
+    projected GPU time axis (NaN: no projection); ``last_evals``: evaluations averaged for
+    ``last_accuracy``. A collapse is counted against the starting accuracy when it was logged.
     """
     acc = series(rows, "eval/accuracy")
+    start = accuracy_curve(rows)[0][1] if series(rows, "eval/start_accuracy") else math.nan
+    reward = series(rows, "reward/mean")
     pass_k = series(rows, "eval/pass_at_k")
     kl = series(rows, "mismatch/kl_k3")
     steps = [r["step"] for r in rows]
@@ -260,6 +302,9 @@ def summarise_run(
     return RunSummary(
         final_accuracy=acc[-1][1] if acc else math.nan,
         first_accuracy=acc[0][1] if acc else math.nan,
+        start_accuracy=start,
+        last_accuracy=_mean([v for _, v in acc[-last_evals:]]),
+        auc_accuracy=area_under_curve(accuracy_curve(rows)),
         final_pass_at_k=pass_k[-1][1] if pass_k else math.nan,
         best_accuracy=max((v for _, v in acc), default=math.nan),
         kl_k3=_mean([v for _, v in kl]),
@@ -267,8 +312,15 @@ def summarise_run(
         kl_k3_end=_mean([v for _, v in tail]),
         kl_k3_after=_mean([v for _, v in series(rows, "mismatch/kl_k3_after")]),
         acceptance=_mean([v for _, v in series(rows, acceptance_key(rows))]),
+        ess=_mean([v for _, v in series(rows, "weights/ess")]),
+        zero_adv_frac=_mean([v for _, v in series(rows, "data/zero_adv_group_frac")]),
+        reward_start=reward[0][1] if reward else math.nan,
+        reward_end=_mean([v for _, v in reward[-max(len(reward) // 10, 1) :]]),
         collapse_step=collapse_step(
-            acc, collapse_frac, stopped_at=steps[-1] if stopped_early and steps else None
+            acc,
+            collapse_frac,
+            stopped_at=steps[-1] if stopped_early and steps else None,
+            reference=start if math.isfinite(start) else None,
         ),
         steps=len(rows),
         wall_s=wall_s,
@@ -289,6 +341,9 @@ class MethodSummary:
     accuracy: Spread
     """Final eval accuracy."""
     first_accuracy: Spread
+    start_accuracy: Spread
+    last_accuracy: Spread
+    auc_accuracy: Spread
     pass_at_k: Spread
     best_accuracy: Spread
     kl_k3: Spread
@@ -296,6 +351,10 @@ class MethodSummary:
     kl_k3_end: Spread
     kl_k3_after: Spread
     acceptance: Spread
+    ess: Spread
+    zero_adv_frac: Spread
+    reward_start: Spread
+    reward_end: Spread
     collapsed: int
     """Seeds that collapsed."""
     collapse_steps: tuple[float, ...]
@@ -322,6 +381,9 @@ def summarise_method(name: str, runs: Sequence[RunSummary]) -> MethodSummary:
         seeds=len(runs),
         accuracy=spread([r.final_accuracy for r in runs]),
         first_accuracy=spread([r.first_accuracy for r in runs]),
+        start_accuracy=spread([r.start_accuracy for r in runs]),
+        last_accuracy=spread([r.last_accuracy for r in runs]),
+        auc_accuracy=spread([r.auc_accuracy for r in runs]),
         pass_at_k=spread([r.final_pass_at_k for r in runs]),
         best_accuracy=spread([r.best_accuracy for r in runs]),
         kl_k3=spread([r.kl_k3 for r in runs]),
@@ -329,6 +391,10 @@ def summarise_method(name: str, runs: Sequence[RunSummary]) -> MethodSummary:
         kl_k3_end=spread([r.kl_k3_end for r in runs]),
         kl_k3_after=spread([r.kl_k3_after for r in runs]),
         acceptance=spread([r.acceptance for r in runs]),
+        ess=spread([r.ess for r in runs]),
+        zero_adv_frac=spread([r.zero_adv_frac for r in runs]),
+        reward_start=spread([r.reward_start for r in runs]),
+        reward_end=spread([r.reward_end for r in runs]),
         collapsed=len(collapses),
         collapse_steps=collapses,
         reached=sum(math.isfinite(r.time_to_target_s) for r in runs),
