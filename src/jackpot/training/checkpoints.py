@@ -17,12 +17,15 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from jackpot.errors import describe
+
 __all__ = [
     "AtomicCheckpointIO",
     "CheckpointError",
     "PeriodicCheckpoint",
     "checkpoint_path",
     "latest_valid_checkpoint",
+    "resumable_steps",
 ]
 
 _NAME = re.compile(r"^step-(\d{6,})\.ckpt$")
@@ -54,7 +57,7 @@ def load_checkpoint_file(path: str | Path, map_location: Any = None) -> dict[str
     except Exception as exc:
         raise CheckpointError(
             f"checkpoint {str(path)!r} is corrupt, truncated or not a jackpot checkpoint "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+            f"({describe(exc)})"
         ) from None
     if not isinstance(state, dict) or "state_dict" not in state:
         raise CheckpointError(f"checkpoint {str(path)!r} has no model state_dict")
@@ -98,6 +101,34 @@ def latest_valid_checkpoint(directory: Path) -> Path | None:
             continue
         return path
     return None
+
+
+def resumable_steps(path: Path, module: LightningModule) -> int:
+    """RL steps done by the checkpoint at ``path``, once it is known to be a jackpot checkpoint
+    of ``module``'s models and optimisers (else :class:`CheckpointError`: Lightning would crash
+    on other shapes, or silently drop an optimiser's state)."""
+    state = load_checkpoint_file(path, "cpu")
+    where = f"checkpoint {str(path)!r}"
+    fix = "resume with the config it was written with (config.yaml beside it) or another run.dir"
+    entry = state.get("jackpot")
+    if not isinstance(entry, dict) or not isinstance(entry.get("rl_step"), int):
+        raise CheckpointError(f"{where} was not written by jackpot (no RL step recorded); {fix}")
+    found = {k: tuple(v.shape) for k, v in state["state_dict"].items() if hasattr(v, "shape")}
+    wanted = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    differing = sorted(k for k in found.keys() | wanted.keys() if found.get(k) != wanted.get(k))
+    if differing:
+        name = differing[0]
+        raise CheckpointError(
+            f"{where} holds other models: {len(differing)} tensor(s) differ, e.g. {name} is "
+            f"{found.get(name)} there and {wanted.get(name)} in this run; {fix}"
+        )
+    saved, trained = len(state.get("optimizer_states", [])), len(module.configure_optimizers()[0])
+    if saved != trained:
+        raise CheckpointError(
+            f"{where} trained {saved} model(s) but this run trains {trained} (algo.mode / "
+            f"algo.train_rollout changed); {fix}"
+        )
+    return int(entry["rl_step"]) + 1
 
 
 class PeriodicCheckpoint(Callback):
