@@ -1,8 +1,9 @@
 """Train a run: ``python -m jackpot.fit --config configs/<name>.yaml [key=value ...]``.
 
 Loads and validates the config and inputs (exit code 2 with a one-line message, writing
-nothing, on a bad one), builds the models, task, reward and sampler, runs the Lightning Trainer, and
-writes ``metrics.csv``, ``plot.png``, ``config.yaml`` and checkpoints under ``run.dir``.
+nothing, on a bad one), builds the models, task, reward and sampler, runs the Lightning
+Trainer, and writes ``metrics.csv``, ``plot.png``, ``config.yaml`` and checkpoints under
+``run.dir``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import traceback
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from jackpot.tasks.datasets import PromptCheck
@@ -362,7 +363,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m jackpot.fit") -> 
     each with one line on stderr (the traceback too with ``--debug`` or ``JACKPOT_DEBUG=1``)."""
     from jackpot.config import load_config, to_yaml
 
-    args = parser(prog).parse_args(argv)
+    args = parser(prog).parse_intermixed_args(argv)
     overrides = list(args.overrides) + (["run.resume=true"] if args.resume else [])
     cfg = None
     try:
@@ -376,12 +377,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m jackpot.fit") -> 
         refusal = _refusal(exc)
         if refusal is None:  # a bug, not the user's input: Python prints the traceback
             raise
-        code, label = refusal
         if args.debug or os.environ.get(DEBUG_ENV, "0") not in ("", "0"):
             traceback.print_exception(exc)
-        hint = _resume_hint(cfg) if code == 2 and label == "error" else ""
-        print(f"{prog}: {label}: {' '.join(str(exc).split())}{hint}", file=sys.stderr)
-        return code
+        hint = _resume_hint(cfg) if refusal.resumable else ""
+        print(f"{prog}: {refusal.label}: {' '.join(str(exc).split())}{hint}", file=sys.stderr)
+        return refusal.code
     m = result.metrics
     shown = ", ".join(
         f"{k}={m[k]:.4g}"
@@ -392,11 +392,21 @@ def main(argv: list[str] | None = None, prog: str = "python -m jackpot.fit") -> 
     return 0
 
 
-def _refusal(exc: Exception) -> tuple[int, str] | None:
-    """``(exit code, label)`` of an error that a bad config (2), a bad input file, model or
-    reward (2) or a run stopped on non-finite updates (1) ends in; None for any other error.
+class _Refusal(NamedTuple):
+    """How the CLI reports an error that is the user's to fix."""
 
-    The one place that decides which errors are the user's to fix, reported in one line.
+    code: int
+    """Exit code: 2 for a bad config or input, 1 for a run stopped on non-finite updates."""
+    label: str
+    """Word after the program name: ``config error``, ``error`` or ``stopped``."""
+    resumable: bool
+    """The error can come part-way through a run, whose checkpoints then stay resumable."""
+
+
+def _refusal(exc: Exception) -> _Refusal | None:
+    """How to report ``exc`` in one line, or None for an error that is not the user's (a bug).
+
+    The one place that decides which errors are refusals of a bad config or input.
     """
     from jackpot.config import ConfigError
     from jackpot.models import ModelLoadError, VocabMismatchError
@@ -406,36 +416,29 @@ def _refusal(exc: Exception) -> tuple[int, str] | None:
     from jackpot.tasks.rewards import RewardError
     from jackpot.training.checkpoints import CheckpointError
 
+    inputs = (DatasetFormatError, ModelLoadError, RewardError, RolloutFormatError)
     if isinstance(exc, ConfigError):
-        return 2, "config error"
-    inputs = (
-        CheckpointError,
-        DatasetFormatError,
-        ModelLoadError,
-        RewardError,
-        RolloutFormatError,
-        VocabMismatchError,
-    )
-    if isinstance(exc, inputs):
-        return 2, "error"
+        return _Refusal(2, "config error", resumable=False)
+    if isinstance(exc, CheckpointError):
+        return _Refusal(2, "error", resumable=False)
+    if isinstance(exc, (*inputs, VocabMismatchError)):
+        return _Refusal(2, "error", resumable=True)
     if isinstance(exc, NonFiniteError):
-        return 1, "stopped"
+        return _Refusal(1, "stopped", resumable=False)
     return None
 
 
 def _resume_hint(cfg: Any) -> str:
-    """Where a run that failed on an input part-way left its checkpoints, and how to go on."""
+    """Where a run that failed part-way on an input keeps its checkpoints, and how to go on."""
     from jackpot.training.checkpoints import latest_valid_checkpoint
 
     if cfg is None:
         return ""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a corrupt newest checkpoint: the message names the rest
+        warnings.simplefilter("ignore")  # a corrupt newest checkpoint: resuming skips it too
         last = latest_valid_checkpoint(Path(cfg.run.dir) / "checkpoints")
     return (
-        ""
-        if last is None
-        else f" (the run's checkpoints are kept, the last {last}: fix it and rerun with --resume)"
+        "" if last is None else f"; run.dir keeps its last checkpoint {last}: rerun with --resume"
     )
 
 

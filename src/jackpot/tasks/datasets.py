@@ -116,10 +116,15 @@ def load_parquet(
     check: PromptCheck | None = None,
 ) -> list[Example]:
     """A Parquet table with a prompt column and an answer column (read with pyarrow)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     file = _existing(path)
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DatasetFormatError(
+            f"{file}: reading Parquet needs pyarrow: pip install pyarrow (or convert the file "
+            "to .jsonl)"
+        ) from None
     try:
         table = pq.read_table(file)
     except (pa.ArrowException, OSError) as exc:
