@@ -225,7 +225,10 @@ def run(cfg: Any) -> RunResult:
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
     module = build_module(cfg)
-    steps_done = None if ckpt is None else resumable_steps(ckpt, module)
+    steps_done = None
+    if ckpt is not None:
+        trained = len(module.configure_optimizers()[0])
+        steps_done = resumable_steps(ckpt, module.state_dict(), trained)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
     loggers: list[Any] = [MetricsCSVLogger(run_dir, resume_from_step=steps_done)]

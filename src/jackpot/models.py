@@ -201,7 +201,7 @@ def from_pretrained(
     where = f"{key}.path={str(directory)!r}"
     try:
         with _transformers_errors_only():
-            model, info = AutoModelForCausalLM.from_pretrained(
+            loaded: Any = AutoModelForCausalLM.from_pretrained(
                 directory,
                 config=config,
                 local_files_only=True,
@@ -213,6 +213,8 @@ def from_pretrained(
         raise ModelLoadError(
             f"{where}: the weights do not load ({describe(exc)}); {_SAVE_HINT}"
         ) from None
+    model: PreTrainedModel
+    model, info = loaded
     missing, mismatched = sorted(info["missing_keys"]), sorted(info["mismatched_keys"])
     if mismatched:
         name, found, wanted = mismatched[0]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -103,29 +104,29 @@ def latest_valid_checkpoint(directory: Path) -> Path | None:
     return None
 
 
-def resumable_steps(path: Path, module: LightningModule) -> int:
+def resumable_steps(path: Path, state_dict: Mapping[str, Any], optimizers: int) -> int:
     """RL steps done by the checkpoint at ``path``, once it is known to be a jackpot checkpoint
-    of ``module``'s models and optimisers (else :class:`CheckpointError`: Lightning would crash
-    on other shapes, or silently drop an optimiser's state)."""
+    of a run with this ``state_dict`` (the module's) and number of ``optimizers``; else
+    :class:`CheckpointError` (Lightning would crash on other shapes, or drop an optimiser)."""
     state = load_checkpoint_file(path, "cpu")
     where = f"checkpoint {str(path)!r}"
-    fix = "resume with the config it was written with (config.yaml beside it) or another run.dir"
+    fix = "resume with the config it was written with (run.dir's config.yaml) or another run.dir"
     entry = state.get("jackpot")
     if not isinstance(entry, dict) or not isinstance(entry.get("rl_step"), int):
         raise CheckpointError(f"{where} was not written by jackpot (no RL step recorded); {fix}")
     found = {k: tuple(v.shape) for k, v in state["state_dict"].items() if hasattr(v, "shape")}
-    wanted = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    wanted = {k: tuple(v.shape) for k, v in state_dict.items()}
     differing = sorted(k for k in found.keys() | wanted.keys() if found.get(k) != wanted.get(k))
     if differing:
         name = differing[0]
         raise CheckpointError(
             f"{where} holds other models: {len(differing)} tensor(s) differ, e.g. {name} is "
-            f"{found.get(name)} there and {wanted.get(name)} in this run; {fix}"
+            f"{found.get(name, 'absent')} there and {wanted.get(name, 'absent')} in this run; {fix}"
         )
-    saved, trained = len(state.get("optimizer_states", [])), len(module.configure_optimizers()[0])
-    if saved != trained:
+    saved = len(state.get("optimizer_states", []))
+    if saved != optimizers:
         raise CheckpointError(
-            f"{where} trained {saved} model(s) but this run trains {trained} (algo.mode / "
+            f"{where} trained {saved} model(s) but this run trains {optimizers} (algo.mode / "
             f"algo.train_rollout changed); {fix}"
         )
     return int(entry["rl_step"]) + 1
