@@ -617,6 +617,29 @@ def test_bad_checkpoints_are_refused_on_resume(
     assert [r["step"] for r in read_metrics(tmp_path / "run" / "metrics.csv")] == [0.0, 1.0]
 
 
+def test_a_damaged_warm_start_cache_is_rebuilt(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The cache is ours, written atomically; a damaged entry is trained again, not refused."""
+    from jackpot.models import ModelSpec
+    from jackpot.tasks.synthetic import TaskSpec
+    from jackpot.tasks.tokenizer import CharTokenizer
+    from jackpot.warmstart import SFTConfig, warm_start
+
+    tokenizer = CharTokenizer()
+    spec = ModelSpec(vocab_size=tokenizer.vocab_size, hidden_size=8, num_layers=1, num_heads=2)
+    task = TaskSpec(name="addition", n_train=20, n_eval=4, max_digits=1)
+    first = warm_start(spec, task, tokenizer, SFTConfig(steps=2, batch_size=4), tmp_path)
+    first.path.write_bytes(first.path.read_bytes()[:100])
+    capsys.readouterr()
+    again = warm_start(spec, task, tokenizer, SFTConfig(steps=2, batch_size=4), tmp_path)
+    assert not again.from_cache
+    assert (
+        f"warm start: cached {first.path} does not load (SafetensorError" in capsys.readouterr().err
+    )
+    assert warm_start(spec, task, tokenizer, SFTConfig(steps=2, batch_size=4), tmp_path).from_cache
+
+
 # ----------------------------------------------------------------------------- debug
 
 
