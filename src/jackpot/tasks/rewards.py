@@ -425,7 +425,10 @@ def _as_rewards(
             f"{where} returned a {type(values).__name__}; it must return a list of {n} numbers"
         )
     if len(values) != n:
-        raise RewardError(f"{where} returned {len(values)} rewards for {n} completions")
+        raise RewardError(
+            f"{where} returned {len(values)} rewards for {n} completions; it must return one "
+            "per completion"
+        )
     out = []
     for i, value in enumerate(values):
         if not isinstance(value, numbers.Real):

@@ -113,7 +113,10 @@ def resumable_steps(path: Path, state_dict: Mapping[str, Any], optimizers: int) 
     fix = "resume with the config it was written with (run.dir's config.yaml) or another run.dir"
     entry = state.get("jackpot")
     if not isinstance(entry, dict) or not isinstance(entry.get("rl_step"), int):
-        raise CheckpointError(f"{where} was not written by jackpot (no RL step recorded); {fix}")
+        raise CheckpointError(
+            f"{where} was not written by jackpot (no RL step recorded); resume only from "
+            "checkpoints a jackpot run wrote there, or choose another run.dir"
+        )
     found = {k: tuple(v.shape) for k, v in state["state_dict"].items() if hasattr(v, "shape")}
     wanted = {k: tuple(v.shape) for k, v in state_dict.items()}
     differing = sorted(k for k in found.keys() | wanted.keys() if found.get(k) != wanted.get(k))
