@@ -133,14 +133,15 @@ class ModelCase:
 
 MODEL_CASES = {
     "missing": ModelCase(shutil.rmtree, "policy.path='{path}' does not exist"),
-    "empty": ModelCase(
-        lambda d: [shutil.rmtree(d), d.mkdir()], "policy.path='{path}' has no config.json"
-    ),
+    "empty": ModelCase(lambda d: [shutil.rmtree(d), d.mkdir()], "policy.path='{path}' is empty"),
     "config_not_json": ModelCase(
         lambda d: (d / "config.json").write_text("{not json"), "config.json is not valid JSON"
     ),
     "config_a_list": ModelCase(
         lambda d: (d / "config.json").write_text("[1, 2]"), "config.json holds no model_type"
+    ),
+    "no_config": ModelCase(
+        lambda d: (d / "config.json").unlink(), "policy.path='{path}' has no config.json"
     ),
     "unknown_model_type": ModelCase(
         lambda d: _edit_config(d, model_type="nope"), "model_type='nope', which transformers"

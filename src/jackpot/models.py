@@ -136,9 +136,9 @@ _TOKENIZER_FILES = (
 _SAVE_HINT = "write it with save_pretrained (model and tokenizer) or download it beforehand"
 
 
-def _checkpoint_config(path: str | Path, key: str) -> tuple[Path, PretrainedConfig]:
-    """``path`` as a local checkpoint directory and its config, checked to be a causal LM that
-    this transformers knows; :class:`ModelLoadError` naming ``key`` otherwise (no download)."""
+def _local_dir(path: str | Path, key: str) -> Path:
+    """``path`` as an existing, non-empty directory, or :class:`ModelLoadError` naming ``key``
+    (we never download)."""
     directory = Path(path).expanduser()
     where = f"{key}.path={str(directory)!r}"
     if not directory.is_dir():
@@ -146,6 +146,15 @@ def _checkpoint_config(path: str | Path, key: str) -> tuple[Path, PretrainedConf
             f"{where} does not exist; jackpot loads checkpoints from local directories only "
             "(download them beforehand, e.g. with `hf download`)"
         )
+    if not any(directory.iterdir()):
+        raise ModelLoadError(f"{where} is empty; {_SAVE_HINT}")
+    return directory
+
+
+def _checkpoint_config(directory: Path, key: str) -> PretrainedConfig:
+    """The config of the checkpoint in ``directory``, checked to be a causal LM that this
+    transformers knows; :class:`ModelLoadError` naming ``key`` and what to fix otherwise."""
+    where = f"{key}.path={str(directory)!r}"
     config_file = directory / "config.json"
     if not config_file.is_file():
         raise ModelLoadError(f"{where} has no config.json, so it is no checkpoint; {_SAVE_HINT}")
@@ -173,7 +182,7 @@ def _checkpoint_config(path: str | Path, key: str) -> tuple[Path, PretrainedConf
             f"{where}: model_type={model_type!r} is not a causal language model "
             "(transformers has no AutoModelForCausalLM for it); use a decoder-only LM"
         )
-    return directory, config
+    return config
 
 
 @contextlib.contextmanager
@@ -197,7 +206,8 @@ def from_pretrained(
     raises :class:`ModelLoadError` (transformers would initialise it randomly or raise with a
     pointer to its log); ``key`` is the config section named in errors.
     """
-    directory, config = _checkpoint_config(path, key)
+    directory = _local_dir(path, key)
+    config = _checkpoint_config(directory, key)
     where = f"{key}.path={str(directory)!r}"
     try:
         with _transformers_errors_only():
@@ -238,8 +248,10 @@ def load_tokenizer(path: str | Path, key: str = "policy") -> Any:
     build an empty tokenizer from the model type). A tokenizer without a pad token gets its
     EOS token as pad (:func:`set_pad_token`).
     """
-    directory, _ = _checkpoint_config(path, key)
+    directory = _local_dir(path, key)
     where = f"{key}.path={str(directory)!r}"
+    if (directory / "config.json").is_file():  # transformers reads it to pick the class
+        _checkpoint_config(directory, key)
     if not any((directory / name).is_file() for name in _TOKENIZER_FILES):
         raise ModelLoadError(
             f"{where} has no tokenizer (none of {', '.join(_TOKENIZER_FILES)}); save the "
