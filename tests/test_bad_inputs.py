@@ -465,6 +465,9 @@ def test_checked_reward_finds_the_completion_at_fault() -> None:
     assert fn(["p", "p"], ["ok", "fine"], ["a", "a"]) == [1.0, 1.0]
     with pytest.raises(RewardError, match=r"raised KeyError: 'bad' on completion 1 of 2: 'x\+bad"):
         fn(["p", "p"], ["ok", "x+bad" * 50], ["a", "b"])
+    batch_only = checked_reward("b", lambda p, c, a: [1.0] if len(c) == 1 else 1 / 0)
+    with pytest.raises(RewardError, match="ZeroDivisionError.* a batch of 2 completions"):
+        batch_only(["p", "p"], ["a", "b"], ["a", "b"])
     numpy_like = checked_reward("t", lambda p, c, a: torch.tensor([0.5, 1]))
     assert numpy_like(["p", "p"], ["a", "b"], ["a", "b"]) == [0.5, 1.0]
 

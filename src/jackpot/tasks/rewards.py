@@ -25,6 +25,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from fractions import Fraction
@@ -382,7 +383,7 @@ def checked_reward(name: str, fn: RewardFn) -> RewardFn:
         except Exception as exc:
             at = _first_failing(fn, prompts, completions, answers)
             which = (
-                f"a batch of {len(completions)} completions (none fails alone)"
+                f"a batch of {len(completions)} completions (none found to fail alone)"
                 if at is None
                 else _completion(completions, answers, at)
             )
@@ -394,11 +395,19 @@ def checked_reward(name: str, fn: RewardFn) -> RewardFn:
     return call
 
 
+_LOCATE_BUDGET_S = 10.0
+"""How long :func:`_first_failing` may spend re-scoring completions one by one."""
+
+
 def _first_failing(
     fn: RewardFn, prompts: Sequence[str], completions: Sequence[str], answers: Sequence[str]
 ) -> int | None:
-    """Index of the first completion ``fn`` raises on when scored alone (None: none does)."""
+    """Index of the first completion ``fn`` raises on when scored alone; None when none does,
+    or when ``_LOCATE_BUDGET_S`` is spent (a slow reward must not stall the error)."""
+    start = time.perf_counter()
     for i, (p, c, a) in enumerate(zip(prompts, completions, answers, strict=False)):
+        if time.perf_counter() - start > _LOCATE_BUDGET_S:
+            return None
         try:
             fn([p], [c], [a])
         except Exception:
