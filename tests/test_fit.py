@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -193,35 +194,24 @@ def test_console_script_dispatches_fit() -> None:
 def test_nonfinite_updates_are_skipped_then_the_run_stops_with_a_checkpoint(
     tmp_path: Path, warmstart_cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A reward plugin that returns NaN: every update is non-finite, skipped, then the run stops."""
-    from jackpot.module import NonFiniteError
-    from jackpot.tasks import rewards
+    """NaN rewards past the reward check (numerics gone bad): every update is non-finite,
+    skipped, then the run stops. (A reward function's own NaN is refused: test_bad_inputs.)"""
+    from jackpot.module import JackpotModule, NonFiniteError
 
-    plugin = tmp_path / "plugin"
-    dist = plugin / "nan_reward-0.1.dist-info"
-    dist.mkdir(parents=True)
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: nan-reward\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[jackpot.rewards]\nnan_reward = nan_reward_mod:fn\n")
-    (plugin / "nan_reward_mod.py").write_text(
-        "def fn(prompts, completions, answers):\n    return [float('nan')] * len(completions)\n"
+    def nan_rewards(self: JackpotModule, rollout: Any) -> torch.Tensor:
+        return torch.full((rollout.num_sequences,), math.nan)
+
+    monkeypatch.setattr(JackpotModule, "_rewards", nan_rewards)
+    cfg = load_config(
+        DEFAULT_CONFIG,
+        [
+            *tiny_overrides(tmp_path / "run", warmstart_cache, steps=5),
+            "algo.max_nonfinite_skips=3",
+            "algo.minibatches=2",
+        ],
     )
-    monkeypatch.syspath_prepend(str(plugin))
-    rewards._registry.cache_clear()
-    try:
-        cfg = load_config(
-            DEFAULT_CONFIG,
-            [
-                *tiny_overrides(tmp_path / "run", warmstart_cache, steps=5),
-                "task.reward=nan_reward",
-                "algo.max_nonfinite_skips=3",
-                "algo.minibatches=2",
-            ],
-        )
-        with pytest.raises(NonFiniteError, match="3 consecutive updates .* last good state saved"):
-            run(cfg)
-    finally:
-        rewards._registry.cache_clear()
+    with pytest.raises(NonFiniteError, match="3 consecutive updates .* last good state saved"):
+        run(cfg)
     rows = read_metrics(tmp_path / "run" / "metrics.csv")
     assert rows[0]["train/skipped_updates"] == 1.0  # both minibatches of step 0 skipped
-    assert rows[0]["data/nonfinite_reward_frac"] == 1.0
     assert (tmp_path / "run" / "checkpoints" / "nonfinite-stop.ckpt").is_file()

@@ -628,7 +628,11 @@ def _vocab_size(cfg: JackpotConfig) -> int | None:
     config_json = Path(cfg.policy.path) / "config.json"
     if not config_json.is_file():
         return None
-    size = json.loads(config_json.read_text()).get("vocab_size")
+    try:
+        data = json.loads(config_json.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # unreadable: the model loader refuses it with the reason
+        return None
+    size = data.get("vocab_size") if isinstance(data, dict) else None
     return int(size) if isinstance(size, int) else None
 
 

@@ -1,18 +1,25 @@
 """Train a run: ``python -m jackpot.fit --config configs/<name>.yaml [key=value ...]``.
 
-Loads and validates the config (exit code 2 with a one-line message, writing nothing, on a
-bad one), builds the models, task, reward and sampler, runs the Lightning Trainer, and
-writes ``metrics.csv``, ``plot.png``, ``config.yaml`` and checkpoints under ``run.dir``.
+Loads and validates the config and inputs (exit code 2 with a one-line message, writing
+nothing, on a bad one), builds the models, task, reward and sampler, runs the Lightning
+Trainer, and writes ``metrics.csv``, ``plot.png``, ``config.yaml`` and checkpoints under
+``run.dir``.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import traceback
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    from jackpot.tasks.datasets import PromptCheck
 
 __all__ = ["build_module", "main", "run"]
 
@@ -28,18 +35,57 @@ class RunResult:
     metrics: dict[str, float]
 
 
-def _task_examples(cfg: Any) -> tuple[list[Any], list[Any]]:
-    """Train and eval examples: a synthetic task, or a local file whose last rows are eval."""
-    from jackpot.tasks.datasets import load_examples
+def _task_examples(cfg: Any, check: PromptCheck | None = None) -> tuple[list[Any], list[Any]]:
+    """Train and eval examples: a synthetic task, or a local file whose last rows are eval
+    (``check`` vets each of its prompts; at least one record for each split)."""
+    from jackpot.tasks.datasets import DatasetFormatError, load_examples
     from jackpot.tasks.synthetic import make_task
 
     t = cfg.task
     if t.name in ("jsonl", "parquet"):
-        examples = load_examples(t.path, t.prompt_field, t.answer_field)
+        examples = load_examples(t.path, t.prompt_field, t.answer_field, check)
+        if len(examples) < 2:
+            raise DatasetFormatError(
+                f"task.path={t.path!r} holds {len(examples)} record; give it at least 2 (the "
+                "last ones are the eval split)"
+            )
         n_eval = min(t.num_eval, max(len(examples) // 5, 1))
         return examples[:-n_eval], examples[-n_eval:]
     splits = make_task(t.spec())
     return splits.train, splits.eval
+
+
+def _prompt_check(cfg: Any, tokenizer: Any, models: list[tuple[str, Any]]) -> PromptCheck:
+    """A check that a prompt encodes and leaves ``rollout.max_new_tokens`` positions in the
+    context (``max_position_embeddings``) of every model in ``models`` (``(key, model)``)."""
+    from jackpot.config import ConfigError
+
+    new_tokens = cfg.rollout.max_new_tokens
+    contexts = [
+        (int(size), key)
+        for key, model in models
+        if (size := getattr(model.config, "max_position_embeddings", None)) is not None
+    ]
+    if not contexts:
+        return tokenizer.encode
+    context, key = min(contexts)
+    room = context - new_tokens
+    if room < 1:
+        raise ConfigError(
+            f"rollout.max_new_tokens={new_tokens} leaves no room for a prompt in the "
+            f"{context} positions of {key} (max_position_embeddings); lower it"
+        )
+
+    def check(prompt: str) -> None:
+        """Raise ``ValueError`` for a prompt that does not encode or fit."""
+        n = len(tokenizer.encode(prompt))
+        if n > room:
+            raise ValueError(
+                f"the prompt has {n} tokens but {key} fits {room} ({context} positions minus "
+                f"rollout.max_new_tokens={new_tokens}); shorten it or lower rollout.max_new_tokens"
+            )
+
+    return check
 
 
 def _build_model(cfg: Any, key: str, tokenizer: Any, sft_steps: int) -> Any:
@@ -49,7 +95,7 @@ def _build_model(cfg: Any, key: str, tokenizer: Any, sft_steps: int) -> Any:
 
     m = getattr(cfg, key)
     if m.path is not None:
-        model = from_pretrained(m.path)
+        model = from_pretrained(m.path, key=key)
         check_tokenizer_fits(tokenizer, model, key)
         return model
     spec = ModelSpec(
@@ -72,7 +118,7 @@ def _tokenizer(cfg: Any) -> Any:
     from jackpot.models import load_tokenizer
     from jackpot.tasks.tokenizer import CharTokenizer
 
-    return load_tokenizer(cfg.policy.path) if cfg.policy.path else CharTokenizer()
+    return load_tokenizer(cfg.policy.path, "policy") if cfg.policy.path else CharTokenizer()
 
 
 def build_module(cfg: Any) -> Any:
@@ -80,7 +126,7 @@ def build_module(cfg: Any) -> Any:
     from jackpot.models import check_same_vocab
     from jackpot.module import JackpotModule
     from jackpot.samplers import get_sampler
-    from jackpot.tasks.rewards import get_reward
+    from jackpot.tasks.rewards import checked_reward, get_reward
 
     tokenizer = _tokenizer(cfg)
     w = cfg.warmstart
@@ -96,7 +142,9 @@ def build_module(cfg: Any) -> Any:
     for model, key in ((policy, "policy"), (rollout_model, "rollout_model")):
         if model is not None and getattr(cfg, key).gradient_checkpointing:
             enable_activation_checkpointing(model)
-    train, evals = _task_examples(cfg)
+    models = [("policy", policy), ("rollout_model", rollout_model)]
+    check = _prompt_check(cfg, tokenizer, [(k, m) for k, m in models if m is not None])
+    train, evals = _task_examples(cfg, check)
     return JackpotModule(
         cfg,
         policy,
@@ -104,7 +152,7 @@ def build_module(cfg: Any) -> Any:
         tokenizer,
         train,
         evals,
-        get_reward(cfg.task.reward),
+        checked_reward(cfg.task.reward, get_reward(cfg.task.reward)),
         get_sampler(cfg.sampler.name, **cfg.sampler.kwargs()),
     )
 
@@ -150,7 +198,7 @@ def run(cfg: Any) -> RunResult:
         AtomicCheckpointIO,
         PeriodicCheckpoint,
         latest_valid_checkpoint,
-        load_checkpoint_file,
+        resumable_steps,
     )
     from jackpot.training.csv_logger import MetricsCSVLogger, read_metrics
     from jackpot.training.plot import plot_run
@@ -161,7 +209,10 @@ def run(cfg: Any) -> RunResult:
     ckpt_dir = run_dir / "checkpoints"
     ckpt = latest_valid_checkpoint(ckpt_dir) if cfg.run.resume else None
     if cfg.run.resume and ckpt is None and any(ckpt_dir.glob("*.ckpt")):
-        raise ConfigError(f"run.resume=true but no checkpoint in {str(ckpt_dir)!r} loads")
+        raise ConfigError(
+            f"run.resume=true but no checkpoint in {str(ckpt_dir)!r} loads; delete the broken "
+            "*.ckpt files to start afresh there, or choose another run.dir"
+        )
     if cfg.run.resume and ckpt is None:
         print(
             f"run.resume=true: no checkpoint in {str(ckpt_dir)!r}; starting fresh", file=sys.stderr
@@ -176,7 +227,8 @@ def run(cfg: Any) -> RunResult:
     module = build_module(cfg)
     steps_done = None
     if ckpt is not None:
-        steps_done = int(load_checkpoint_file(ckpt, "cpu")["jackpot"]["rl_step"]) + 1
+        trained = len(module.configure_optimizers()[0])
+        steps_done = resumable_steps(ckpt, module.state_dict(), trained)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
     loggers: list[Any] = [MetricsCSVLogger(run_dir, resume_from_step=steps_done)]
@@ -226,7 +278,8 @@ def run(cfg: Any) -> RunResult:
 _DESCRIPTION = """\
 Train a run: load a YAML config, apply dotted key=value overrides, build the models, task,
 reward and sampler, and write metrics.csv, plot.png, config.yaml and checkpoints to run.dir.
-Bad configs exit with code 2 and a one-line message naming the key.
+Bad configs and inputs (data files, model directories, rewards, rollout files, checkpoints)
+exit with code 2 and a one-line message naming the key or file (--debug: the traceback too).
 
 examples:
   %(prog)s --config configs/default.yaml
@@ -263,8 +316,6 @@ to False (jackpot writes full checkpoints on purpose)."""
 
 def _quiet_lightning() -> None:
     """Silence startup noise that says nothing about the run (idempotent)."""
-    import warnings
-
     for name, drop in _LIGHTNING_NOISE.items():
         if drop not in logging.getLogger(name).filters:
             logging.getLogger(name).addFilter(drop)
@@ -297,16 +348,27 @@ def parser(prog: str = "python -m jackpot.fit") -> argparse.ArgumentParser:
         help="print the resolved config and exit (model/data paths and devices unchecked)",
     )
     p.add_argument("--resume", action="store_true", help="continue from run.dir's last checkpoint")
+    p.add_argument(
+        "--debug",
+        action="store_true",
+        help=f"print the traceback of a refused config or input too (or set {DEBUG_ENV}=1)",
+    )
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. sampler.lam=1.5")
     return p
 
 
-def main(argv: list[str] | None = None, prog: str = "python -m jackpot.fit") -> int:
-    """CLI entry: 0 on success, 2 on a bad config or input, 1 when training stopped on NaN."""
-    from jackpot.config import ConfigError, load_config, to_yaml
+DEBUG_ENV = "JACKPOT_DEBUG"
+"""Set to 1 to print the traceback of a refused config or input, as ``--debug`` does."""
 
-    args = parser(prog).parse_args(argv)
+
+def main(argv: list[str] | None = None, prog: str = "python -m jackpot.fit") -> int:
+    """CLI entry: 0 on success; 2 on a bad config or input, 1 when training stopped on NaN,
+    each with one line on stderr (the traceback too with ``--debug`` or ``JACKPOT_DEBUG=1``)."""
+    from jackpot.config import load_config, to_yaml
+
+    args = parser(prog).parse_intermixed_args(argv)
     overrides = list(args.overrides) + (["run.resume=true"] if args.resume else [])
+    cfg = None
     try:
         checks = not args.print_config  # printing a cluster's config works on a laptop
         cfg = load_config(args.config, overrides, check_devices=checks, check_paths=checks)
@@ -314,15 +376,15 @@ def main(argv: list[str] | None = None, prog: str = "python -m jackpot.fit") -> 
             print(to_yaml(cfg), end="")
             return 0
         result = run(cfg)
-    except ConfigError as exc:
-        print(f"{prog}: config error: {exc}", file=sys.stderr)
-        return 2
-    except _input_errors() as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
-    except _stop_errors() as exc:
-        print(f"{prog}: stopped: {exc}", file=sys.stderr)
-        return 1
+    except Exception as exc:
+        refusal = _refusal(exc)
+        if refusal is None:  # a bug, not the user's input: Python prints the traceback
+            raise
+        if args.debug or os.environ.get(DEBUG_ENV, "0") not in ("", "0"):
+            traceback.print_exception(exc)
+        hint = _resume_hint(cfg) if refusal.resumable else ""
+        print(f"{prog}: {refusal.label}: {' '.join(str(exc).split())}{hint}", file=sys.stderr)
+        return refusal.code
     m = result.metrics
     shown = ", ".join(
         f"{k}={m[k]:.4g}"
@@ -333,20 +395,54 @@ def main(argv: list[str] | None = None, prog: str = "python -m jackpot.fit") -> 
     return 0
 
 
-def _input_errors() -> tuple[type[Exception], ...]:
-    """Errors that mean bad input (data, models, checkpoints), reported without a traceback."""
-    from jackpot.models import VocabMismatchError
+class _Refusal(NamedTuple):
+    """How the CLI reports an error that is the user's to fix."""
+
+    code: int
+    """Exit code: 2 for a bad config or input, 1 for a run stopped on non-finite updates."""
+    label: str
+    """Word after the program name: ``config error``, ``error`` or ``stopped``."""
+    resumable: bool
+    """The error can come part-way through a run, whose checkpoints then stay resumable."""
+
+
+def _refusal(exc: Exception) -> _Refusal | None:
+    """How to report ``exc`` in one line, or None for an error that is not the user's (a bug).
+
+    The one place that decides which errors are refusals of a bad config or input.
+    """
+    from jackpot.config import ConfigError
+    from jackpot.models import ModelLoadError, VocabMismatchError
+    from jackpot.module import NonFiniteError
     from jackpot.rollout.batch import RolloutFormatError
     from jackpot.tasks.datasets import DatasetFormatError
+    from jackpot.tasks.rewards import RewardError
     from jackpot.training.checkpoints import CheckpointError
 
-    return (VocabMismatchError, RolloutFormatError, DatasetFormatError, CheckpointError)
+    inputs = (DatasetFormatError, ModelLoadError, RewardError, RolloutFormatError)
+    if isinstance(exc, ConfigError):
+        return _Refusal(2, "config error", resumable=False)
+    if isinstance(exc, CheckpointError):
+        return _Refusal(2, "error", resumable=False)
+    if isinstance(exc, (*inputs, VocabMismatchError)):
+        return _Refusal(2, "error", resumable=True)
+    if isinstance(exc, NonFiniteError):
+        return _Refusal(1, "stopped", resumable=False)
+    return None
 
 
-def _stop_errors() -> tuple[type[Exception], ...]:
-    from jackpot.module import NonFiniteError
+def _resume_hint(cfg: Any) -> str:
+    """Where a run that failed part-way on an input keeps its checkpoints, and how to go on."""
+    from jackpot.training.checkpoints import latest_valid_checkpoint
 
-    return (NonFiniteError,)
+    if cfg is None:
+        return ""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a corrupt newest checkpoint: resuming skips it too
+        last = latest_valid_checkpoint(Path(cfg.run.dir) / "checkpoints")
+    return (
+        "" if last is None else f"; run.dir keeps its last checkpoint {last}: rerun with --resume"
+    )
 
 
 if __name__ == "__main__":

@@ -64,23 +64,21 @@ def rollout_stats(
     """Reward, length and data-quality counters of one step's rollouts.
 
     ``data/zero_adv_group_frac``: groups whose rewards are all equal (no learning signal);
-    ``data/empty_response_frac``: responses with no token; ``data/nonfinite_reward_frac``:
-    NaN/inf rewards (their update is skipped as non-finite).
+    ``data/empty_response_frac``: responses with no token. Rewards are finite: a reward
+    function's NaN or inf is refused (``checked_reward``), as is a rollout file's.
     """
     r = rewards.float()
-    finite = torch.isfinite(r)
     groups, inverse = torch.unique(group_ids.cpu(), return_inverse=True)
     r_cpu = r.cpu()
     g_max = torch.full((len(groups),), -math.inf).scatter_reduce(0, inverse, r_cpu, "amax")
     g_min = torch.full((len(groups),), math.inf).scatter_reduce(0, inverse, r_cpu, "amin")
     return {
-        "reward/mean": r[finite].mean() if bool(finite.any()) else torch.zeros(()),
-        "reward/std": r[finite].std() if int(finite.sum()) > 1 else torch.zeros(()),
+        "reward/mean": r.mean() if r.numel() else torch.zeros(()),
+        "reward/std": r.std() if r.numel() > 1 else torch.zeros(()),
         "response/length": response_mask.sum(-1).float().mean(),
         "response/truncated_frac": (~finished.bool()).float().mean(),
         "data/zero_adv_group_frac": (g_max == g_min).float().mean(),
         "data/empty_response_frac": (response_mask.sum(-1) == 0).float().mean(),
-        "data/nonfinite_reward_frac": (~finite).float().mean(),
     }
 
 

@@ -9,23 +9,36 @@ the tokenizer can produce (pad and EOS included) must index the model's output l
 
 from __future__ import annotations
 
+import contextlib
+import json
 import sys
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from safetensors import SafetensorError
 from transformers import (
+    CONFIG_MAPPING,
+    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     LlamaConfig,
     LlamaForCausalLM,
+    PretrainedConfig,
     PreTrainedModel,
     Qwen2Config,
     Qwen2ForCausalLM,
 )
+from transformers import __version__ as TRANSFORMERS_VERSION
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+from transformers.utils import logging as hf_logging
+
+from jackpot.errors import describe
 
 __all__ = [
+    "ModelLoadError",
     "ModelSpec",
     "VocabMismatchError",
     "build_model",
@@ -103,31 +116,153 @@ def build_model(spec: ModelSpec) -> PreTrainedModel:
     return model
 
 
-def _local_dir(path: str | Path) -> Path:
-    """``path`` as an existing directory, or a clear error (we never download)."""
+class ModelLoadError(ValueError):
+    """A model directory is not a loadable causal LM with its tokenizer; names the key to fix."""
+
+
+_LOAD_ERRORS = (OSError, ValueError, RuntimeError, SafetensorError)
+"""What transformers raises on a directory it cannot load (a bug of ours raises others)."""
+
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
+"""Files that hold a tokenizer's vocabulary; without one transformers builds an empty one."""
+
+_SAVE_HINT = "write it with save_pretrained (model and tokenizer) or download it beforehand"
+
+
+def _local_dir(path: str | Path, key: str) -> Path:
+    """``path`` as an existing, non-empty directory, or :class:`ModelLoadError` naming ``key``
+    (we never download)."""
     directory = Path(path).expanduser()
+    where = f"{key}.path={str(directory)!r}"
     if not directory.is_dir():
-        raise FileNotFoundError(
-            f"model directory {str(directory)!r} does not exist; jackpot loads checkpoints "
-            "from local paths only (download them beforehand, e.g. with `hf download`)"
+        raise ModelLoadError(
+            f"{where} does not exist; jackpot loads checkpoints from local directories only "
+            "(download them beforehand, e.g. with `hf download`)"
         )
+    if not any(directory.iterdir()):
+        raise ModelLoadError(f"{where} is empty; {_SAVE_HINT}")
     return directory
 
 
-def from_pretrained(path: str | Path, dtype: torch.dtype | None = None) -> PreTrainedModel:
-    """Load a causal LM from a local directory (``local_files_only=True``)."""
-    model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(
-        _local_dir(path), local_files_only=True, dtype=dtype
-    )
+def _checkpoint_config(directory: Path, key: str) -> PretrainedConfig:
+    """The config of the checkpoint in ``directory``, checked to be a causal LM that this
+    transformers knows; :class:`ModelLoadError` naming ``key`` and what to fix otherwise."""
+    where = f"{key}.path={str(directory)!r}"
+    config_file = directory / "config.json"
+    if not config_file.is_file():
+        raise ModelLoadError(f"{where} has no config.json, so it is no checkpoint; {_SAVE_HINT}")
+    try:
+        data = json.loads(config_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(
+            f"{where}: config.json is not valid JSON ({describe(exc)}); restore it from the "
+            "original checkpoint"
+        ) from None
+    model_type = data.get("model_type") if isinstance(data, dict) else None
+    if model_type is None:
+        raise ModelLoadError(f"{where}: config.json holds no model_type; {_SAVE_HINT}")
+    if model_type not in CONFIG_MAPPING:
+        raise ModelLoadError(
+            f"{where}: config.json has model_type={model_type!r}, which transformers "
+            f"{TRANSFORMERS_VERSION} does not know; fix model_type or upgrade transformers"
+        )
+    try:
+        config = AutoConfig.from_pretrained(directory, local_files_only=True)
+    except _LOAD_ERRORS as exc:
+        raise ModelLoadError(f"{where}: config.json does not load ({describe(exc)})") from None
+    if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
+        raise ModelLoadError(
+            f"{where}: model_type={model_type!r} is not a causal language model "
+            "(transformers has no AutoModelForCausalLM for it); use a decoder-only LM"
+        )
+    return config
+
+
+@contextlib.contextmanager
+def _transformers_errors_only() -> Iterator[None]:
+    """Silence transformers' warnings (its multi-line load report) while a load we check
+    ourselves runs; errors still show."""
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def from_pretrained(
+    path: str | Path, dtype: torch.dtype | None = None, key: str = "policy"
+) -> PreTrainedModel:
+    """Load a causal LM from a local directory (``local_files_only=True``).
+
+    Every weight must be in the files with the config's shape: a missing or mismatched tensor
+    raises :class:`ModelLoadError` (transformers would initialise it randomly or raise with a
+    pointer to its log); ``key`` is the config section named in errors.
+    """
+    directory = _local_dir(path, key)
+    config = _checkpoint_config(directory, key)
+    where = f"{key}.path={str(directory)!r}"
+    try:
+        with _transformers_errors_only():
+            loaded: Any = AutoModelForCausalLM.from_pretrained(
+                directory,
+                config=config,
+                local_files_only=True,
+                dtype=dtype,
+                output_loading_info=True,
+                ignore_mismatched_sizes=True,
+            )
+    except _LOAD_ERRORS as exc:
+        raise ModelLoadError(
+            f"{where}: the weights do not load ({describe(exc)}); {_SAVE_HINT}"
+        ) from None
+    model: PreTrainedModel
+    model, info = loaded
+    missing, mismatched = sorted(info["missing_keys"]), sorted(info["mismatched_keys"])
+    if mismatched:
+        name, found, wanted = mismatched[0]
+        raise ModelLoadError(
+            f"{where}: {len(mismatched)} weight(s) do not fit config.json, e.g. {name} has shape "
+            f"{tuple(found)} but the config asks {tuple(wanted)}; the weights and config.json "
+            "come from different models"
+        )
+    if missing:
+        raise ModelLoadError(
+            f"{where}: {len(missing)} weight(s) are missing from the files, e.g. {missing[0]}; "
+            f"{_SAVE_HINT}"
+        )
     return model
 
 
-def load_tokenizer(path: str | Path) -> Any:
+def load_tokenizer(path: str | Path, key: str = "policy") -> Any:
     """Load the tokenizer stored next to a local checkpoint (``local_files_only=True``).
 
-    A tokenizer without a pad token gets its EOS token as pad (:func:`set_pad_token`).
+    A directory without a tokenizer file raises :class:`ModelLoadError` (transformers would
+    build an empty tokenizer from the model type). A tokenizer without a pad token gets its
+    EOS token as pad (:func:`set_pad_token`).
     """
-    return set_pad_token(AutoTokenizer.from_pretrained(_local_dir(path), local_files_only=True))
+    directory = _local_dir(path, key)
+    where = f"{key}.path={str(directory)!r}"
+    if (directory / "config.json").is_file():  # transformers reads it to pick the class
+        _checkpoint_config(directory, key)
+    if not any((directory / name).is_file() for name in _TOKENIZER_FILES):
+        raise ModelLoadError(
+            f"{where} has no tokenizer (none of {', '.join(_TOKENIZER_FILES)}); save the "
+            "model's tokenizer next to it (tokenizer.save_pretrained)"
+        )
+    try:
+        with _transformers_errors_only():
+            tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+    except _LOAD_ERRORS as exc:
+        raise ModelLoadError(f"{where}: the tokenizer does not load ({describe(exc)})") from None
+    return set_pad_token(tokenizer)
 
 
 def set_pad_token(tokenizer: Any) -> Any:
@@ -166,7 +301,7 @@ def check_tokenizer_fits(tokenizer: Any, model: Any, key: str) -> None:
     if len(tokenizer) > size:
         raise VocabMismatchError(
             f"the tokenizer has {len(tokenizer)} tokens but {key} only {size} output logits; "
-            "ids past the end would crash the embedding lookup"
+            f"ids past the end would crash the embedding lookup; fix the tokenizer or {key}.path"
         )
 
 

@@ -21,11 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import Tensor
 from tqdm import tqdm
 from transformers import PreTrainedModel
 
+from jackpot.errors import describe
 from jackpot.models import ModelSpec, build_model
 from jackpot.tasks.synthetic import Example, TaskSpec, make_task
 from jackpot.tasks.tokenizer import CharTokenizer
@@ -172,10 +174,14 @@ def warm_start(
     model = build_model(spec)
     name = f"{spec.family} {spec.hidden_size}x{spec.num_layers}"
     if path.is_file():
-        load_model(model, path)
-        model.eval()
-        _say(f"warm start: reusing {name} ({config.steps} steps on {task.name}) from {path}")
-        return WarmStart(model=model, path=path, from_cache=True)
+        try:
+            load_model(model, path)
+        except (SafetensorError, OSError, RuntimeError) as exc:  # a damaged cache is rebuilt
+            _say(f"warm start: cached {path} does not load ({describe(exc)}); fine-tuning again")
+        else:
+            model.eval()
+            _say(f"warm start: reusing {name} ({config.steps} steps on {task.name}) from {path}")
+            return WarmStart(model=model, path=path, from_cache=True)
     _say(
         f"warm start: fine-tuning {name} on {task.name} for {config.steps} steps (once; "
         f"cached in {directory})"

@@ -25,7 +25,7 @@ from jackpot.rollout.engine import SamplingParams
 from jackpot.rollout.files import task_source
 from jackpot.rollout.io import load_rollouts, save_rollouts
 from jackpot.tasks.datasets import load_examples
-from jackpot.tasks.rewards import get_reward
+from jackpot.tasks.rewards import checked_reward, get_reward
 from jackpot.tasks.synthetic import TASKS, Example, TaskSpec, make_task
 from jackpot.tasks.tokenizer import CharTokenizer
 
@@ -263,7 +263,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from jackpot.rollout.hf import HFRolloutEngine
 
     g = _from_config(args) if args.config or args.overrides else _from_flags(args)
-    reward_fn = get_reward(g.reward)
+    reward_fn = checked_reward(g.reward, get_reward(g.reward))
     prompt_ids = [g.tokenizer.encode(e.prompt) for e in g.examples]
     engine = HFRolloutEngine(g.model, g.tokenizer.pad_token_id, lean_decode=g.lean_decode)
     batch = engine.generate(

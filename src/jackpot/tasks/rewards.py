@@ -3,7 +3,10 @@
 A reward is ``fn(prompts, completions, answers) -> list[float]`` over aligned lists, so it can
 be called directly in a test or from any trainer. :func:`get_reward` finds one by name among
 the installed entry points (ours: ``exact_match``, ``math_equiv``); third-party packages add
-theirs by declaring an entry point in the same group.
+theirs by declaring an entry point in the same group. :func:`checked_reward` wraps one for a
+run: a reward that raises, or returns anything but one finite number per completion, stops the
+run with a :class:`RewardError` naming it and the completion (NaN and inf are refused, never
+dropped, as in rollout files).
 """
 
 from __future__ import annotations
@@ -14,22 +17,30 @@ import functools
 import importlib.util
 import json
 import logging
+import math
+import numbers
 import os
 import queue
 import re
 import subprocess
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from fractions import Fraction
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any
+
+from jackpot.errors import describe, excerpt
 
 __all__ = [
     "MathVerifier",
+    "RewardError",
     "RewardFn",
     "available_rewards",
+    "checked_reward",
     "exact_match",
     "get_reward",
     "math_equivalence",
@@ -354,3 +365,90 @@ def get_reward(name: str) -> RewardFn:
             f"unknown reward {name!r}; installed rewards ({GROUP}): {available_rewards()}"
         )
     return registry[name]
+
+
+class RewardError(ValueError):
+    """A reward function raised, or returned other than one finite number per completion."""
+
+
+def checked_reward(name: str, fn: RewardFn) -> RewardFn:
+    """``fn`` (registered as ``name``) returning plain floats, or raising :class:`RewardError`
+    that names ``task.reward`` and the completion at fault (the original error chained)."""
+
+    def call(
+        prompts: Sequence[str], completions: Sequence[str], answers: Sequence[str]
+    ) -> list[float]:
+        try:
+            values = fn(prompts, completions, answers)
+        except Exception as exc:
+            at = _first_failing(fn, prompts, completions, answers)
+            which = (
+                f"a batch of {len(completions)} completions (none found to fail alone)"
+                if at is None
+                else _completion(completions, answers, at)
+            )
+            raise RewardError(
+                f"task.reward={name!r} raised {describe(exc)} on {which}; fix the reward"
+            ) from exc
+        return _as_rewards(name, values, completions, answers)
+
+    return call
+
+
+_LOCATE_BUDGET_S = 10.0
+"""How long :func:`_first_failing` may spend re-scoring completions one by one."""
+
+
+def _first_failing(
+    fn: RewardFn, prompts: Sequence[str], completions: Sequence[str], answers: Sequence[str]
+) -> int | None:
+    """Index of the first completion ``fn`` raises on when scored alone; None when none does,
+    or when ``_LOCATE_BUDGET_S`` is spent (a slow reward must not stall the error)."""
+    start = time.perf_counter()
+    for i, (p, c, a) in enumerate(zip(prompts, completions, answers, strict=False)):
+        if time.perf_counter() - start > _LOCATE_BUDGET_S:
+            return None
+        try:
+            fn([p], [c], [a])
+        except Exception:
+            return i
+    return None
+
+
+def _completion(completions: Sequence[str], answers: Sequence[str], i: int) -> str:
+    """``completion i of n: '...' (answer '...')``, cut to fit one line."""
+    answer = f" (answer {excerpt(str(answers[i]), 40)})" if i < len(answers) else ""
+    return f"completion {i} of {len(completions)}: {excerpt(str(completions[i]))}{answer}"
+
+
+def _as_rewards(
+    name: str, values: Any, completions: Sequence[str], answers: Sequence[str]
+) -> list[float]:
+    """``values`` as one finite float per completion, or :class:`RewardError` saying what is off."""
+    where = f"task.reward={name!r}"
+    n = len(completions)
+    if hasattr(values, "tolist"):  # a tensor or an array
+        values = values.tolist()
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        raise RewardError(
+            f"{where} returned a {type(values).__name__}; it must return a list of {n} numbers"
+        )
+    if len(values) != n:
+        raise RewardError(
+            f"{where} returned {len(values)} rewards for {n} completions; it must return one "
+            "per completion"
+        )
+    out = []
+    for i, value in enumerate(values):
+        if not isinstance(value, numbers.Real):
+            raise RewardError(
+                f"{where} returned {repr(value)[:40]} ({type(value).__name__}) for "
+                f"{_completion(completions, answers, i)}; rewards must be numbers"
+            )
+        if not math.isfinite(float(value)):
+            raise RewardError(
+                f"{where} returned {float(value)} for {_completion(completions, answers, i)}; "
+                "rewards must be finite (NaN and inf are refused)"
+            )
+        out.append(float(value))
+    return out

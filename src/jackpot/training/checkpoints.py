@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +18,15 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from jackpot.errors import describe
+
 __all__ = [
     "AtomicCheckpointIO",
     "CheckpointError",
     "PeriodicCheckpoint",
     "checkpoint_path",
     "latest_valid_checkpoint",
+    "resumable_steps",
 ]
 
 _NAME = re.compile(r"^step-(\d{6,})\.ckpt$")
@@ -54,7 +58,7 @@ def load_checkpoint_file(path: str | Path, map_location: Any = None) -> dict[str
     except Exception as exc:
         raise CheckpointError(
             f"checkpoint {str(path)!r} is corrupt, truncated or not a jackpot checkpoint "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+            f"({describe(exc)})"
         ) from None
     if not isinstance(state, dict) or "state_dict" not in state:
         raise CheckpointError(f"checkpoint {str(path)!r} has no model state_dict")
@@ -98,6 +102,37 @@ def latest_valid_checkpoint(directory: Path) -> Path | None:
             continue
         return path
     return None
+
+
+def resumable_steps(path: Path, state_dict: Mapping[str, Any], optimizers: int) -> int:
+    """RL steps done by the checkpoint at ``path``, once it is known to be a jackpot checkpoint
+    of a run with this ``state_dict`` (the module's) and number of ``optimizers``; else
+    :class:`CheckpointError` (Lightning would crash on other shapes, or drop an optimiser)."""
+    state = load_checkpoint_file(path, "cpu")
+    where = f"checkpoint {str(path)!r}"
+    fix = "resume with the config it was written with (run.dir's config.yaml) or another run.dir"
+    entry = state.get("jackpot")
+    if not isinstance(entry, dict) or not isinstance(entry.get("rl_step"), int):
+        raise CheckpointError(
+            f"{where} was not written by jackpot (no RL step recorded); resume only from "
+            "checkpoints a jackpot run wrote there, or choose another run.dir"
+        )
+    found = {k: tuple(v.shape) for k, v in state["state_dict"].items() if hasattr(v, "shape")}
+    wanted = {k: tuple(v.shape) for k, v in state_dict.items()}
+    differing = sorted(k for k in found.keys() | wanted.keys() if found.get(k) != wanted.get(k))
+    if differing:
+        name = differing[0]
+        raise CheckpointError(
+            f"{where} holds other models: {len(differing)} tensor(s) differ, e.g. {name} is "
+            f"{found.get(name, 'absent')} there and {wanted.get(name, 'absent')} in this run; {fix}"
+        )
+    saved = len(state.get("optimizer_states", []))
+    if saved != optimizers:
+        raise CheckpointError(
+            f"{where} trained {saved} model(s) but this run trains {optimizers} (algo.mode / "
+            f"algo.train_rollout changed); {fix}"
+        )
+    return int(entry["rl_step"]) + 1
 
 
 class PeriodicCheckpoint(Callback):
