@@ -276,6 +276,8 @@ def test_distillation_only_gives_the_rollout_model_exactly_the_distillation_grad
     grad_both, both = total(rollout_rl=True)
     assert only.rollout is None and both.rollout is not None
     w.grad = None
-    (0.5 * distill_kl_full(logits_ref, w, ones, direction="reverse", agg="token-mean", max_len=T)).backward()
+    (
+        0.5 * distill_kl_full(logits_ref, w, ones, direction="reverse", agg="token-mean", max_len=T)
+    ).backward()
     torch.testing.assert_close(grad_only, w.grad)
     assert not torch.allclose(grad_only, grad_both)  # the PPO term of the rollout model is gone
