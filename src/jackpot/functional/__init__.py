@@ -1,4 +1,5 @@
-"""Pure torch math of jackpot: OBRS, budget solvers, top-k Z, baseline weights, estimators.
+"""Pure torch math of jackpot: OBRS, budget solvers, top-k Z, baseline weights, estimators,
+rejection statistics.
 
 Imports torch only (no Lightning, transformers or omegaconf), so it can be used and tested
 alone. Log-probabilities everywhere: natural log, ``-inf`` for zero mass, vocab on the last dim.

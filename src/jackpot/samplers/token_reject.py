@@ -37,6 +37,9 @@ class TokenRejection(Sampler):
         beta: float | None = None,
     ) -> None:
         self.estimator = check_choice(self.name, "estimator", estimator, DIVERGENCE_ESTIMATORS)
+        self.threshold: float | None = None
+        self.alpha: float | None = None
+        self.beta: float | None = None
         if estimator == "k1":
             if threshold is not None:
                 raise SamplerParameterError(
@@ -49,7 +52,7 @@ class TokenRejection(Sampler):
             self.beta = check_range(
                 self.name, "beta", 2.0 if beta is None else beta, low=1.0, low_open=False
             )
-            self.threshold = None
+            self._band = (-math.log(self.beta), -math.log(self.alpha))  # on k1 = -log ratio
             return
         if alpha is not None or beta is not None or threshold is None:
             raise SamplerParameterError(
@@ -58,14 +61,11 @@ class TokenRejection(Sampler):
                 f"beta={beta!r}"
             )
         self.threshold = check_range(self.name, "threshold", threshold, low=0.0, high=math.inf)
-        self.alpha = self.beta = None
+        self._band = (-math.inf, self.threshold)
 
     def keep(self, stat: Tensor) -> Tensor:
         """Whether ``stat`` (a k1 / k2 / k3 value, of any shape) is inside the bound (bool)."""
-        if self.threshold is not None:
-            return stat <= self.threshold
-        assert self.alpha is not None and self.beta is not None
-        return (-stat >= math.log(self.alpha)) & (-stat <= math.log(self.beta))
+        return (stat >= self._band[0]) & (stat <= self._band[1])
 
     def sample(self, batch: SamplerInput) -> SamplerOutput:
         """Keep the response tokens whose own divergence is inside the bound."""
