@@ -122,14 +122,14 @@ def test_token_divergence_estimators_and_the_clamp() -> None:
         F.token_divergence(li, li, "k4")
 
 
-def test_seq_divergence_reductions_and_empty_rows() -> None:
+def test_seq_reduce_reductions_and_empty_rows() -> None:
     v = _t([[1.0, 5.0, float("nan")], [2.0, 0.0, 0.0]])
     mask = _t([[1, 1, 0], [0, 0, 0]])
-    assert F.seq_divergence(v, mask, "sum").tolist() == [6.0, 0.0]
-    assert F.seq_divergence(v, mask, "mean").tolist() == [3.0, 0.0]
-    assert F.seq_divergence(v, mask, "max").tolist() == [5.0, 0.0]
+    assert F.seq_reduce(v, mask, "sum").tolist() == [6.0, 0.0]
+    assert F.seq_reduce(v, mask, "mean").tolist() == [3.0, 0.0]
+    assert F.seq_reduce(v, mask, "max").tolist() == [5.0, 0.0]
     with pytest.raises(ValueError, match="reduce must be one of"):
-        F.seq_divergence(v, mask, "min")
+        F.seq_reduce(v, mask, "min")
 
 
 # ---------------------------------------------------------------------------- samplers

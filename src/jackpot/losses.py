@@ -16,6 +16,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from jackpot.functional.estimators import seq_reduce
 from jackpot.functional.logits import map_rows_checkpointed
 
 __all__ = [
@@ -254,14 +255,12 @@ def _clamped_log_ratio(logp_new: Tensor, logp_old: Tensor) -> Tensor:
     return torch.clamp(logp_new - logp_old, -_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)
 
 
-def _masked_seq_mean(values: Tensor, mask: Tensor) -> Tensor:
-    """Mean of ``values`` over each row's ``mask != 0`` -> ``(B,)``; 0 for an empty row.
-
-    Masked-out positions are selected away, so ``-inf`` padding never reaches the sum.
-    """
-    on = mask != 0
-    total = torch.where(on, values, torch.zeros_like(values)).sum(-1)
-    return total / on.sum(-1).clamp(min=1).to(values.dtype)
+def _clipped(ratio: Tensor, advantages: Tensor, low: float, high: float) -> tuple[Tensor, Tensor]:
+    """``min(r A, clip(r, 1 - low, 1 + high) A)`` and where the clipped branch is strictly
+    smaller, ``(B, T)``."""
+    unclipped = ratio * advantages
+    clipped_obj = torch.clamp(ratio, 1.0 - low, 1.0 + high) * advantages
+    return torch.minimum(unclipped, clipped_obj), clipped_obj < unclipped
 
 
 def ppo_surrogate(
@@ -283,11 +282,10 @@ def ppo_surrogate(
     _check_same_shape(logp_new=logp_new, logp_old=logp_old, advantages=advantages)
     high = clip_eps if clip_eps_high is None else clip_eps_high
     ratio = torch.exp(_clamped_log_ratio(logp_new, logp_old))
-    unclipped = ratio * advantages
     if not clip:
+        unclipped = ratio * advantages
         return unclipped, torch.zeros_like(unclipped, dtype=torch.bool)
-    clipped_obj = torch.clamp(ratio, 1.0 - clip_eps, 1.0 + high) * advantages
-    return torch.minimum(unclipped, clipped_obj), clipped_obj < unclipped
+    return _clipped(ratio, advantages, clip_eps, high)
 
 
 def dual_clip_surrogate(
@@ -328,12 +326,9 @@ def gspo_surrogate(
     _check_clip(clip_eps, clip_eps_high)
     _check_same_shape(logp_new=logp_new, logp_old=logp_old, advantages=advantages, mask=mask)
     high = clip_eps if clip_eps_high is None else clip_eps_high
-    log_s = _masked_seq_mean(logp_new - logp_old, mask).detach()  # (B,)
+    log_s = seq_reduce(logp_new - logp_old, mask, "mean").detach()  # (B,)
     log_st = (logp_new - logp_new.detach() + log_s[:, None]).clamp(max=_GSPO_LOG_RATIO_MAX)
-    ratio = torch.exp(log_st)
-    unclipped = ratio * advantages
-    clipped_obj = torch.clamp(ratio, 1.0 - clip_eps, 1.0 + high) * advantages
-    return torch.minimum(unclipped, clipped_obj), clipped_obj < unclipped
+    return _clipped(torch.exp(log_st), advantages, clip_eps, high)
 
 
 def cispo_objective(
@@ -378,11 +373,11 @@ def gmpo_surrogate(
     log_r = logp_new - logp_old
     sign = torch.sign(advantages)
     pessimistic = sign * torch.minimum(sign * log_r, sign * log_r.clamp(-clip_eps, high))
-    log_ratio = _masked_seq_mean(pessimistic, mask).clamp(-_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)
-    objective = _masked_seq_mean(advantages, mask) * torch.exp(log_ratio)  # (B,)
+    log_ratio = seq_reduce(pessimistic, mask, "mean").clamp(-_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)
+    objective = seq_reduce(advantages, mask, "mean") * torch.exp(log_ratio)  # (B,)
     if weights is not None:
         log_w = weights.detach().clamp(min=_WEIGHT_FLOOR).log()
-        objective = objective * torch.exp(_masked_seq_mean(log_w, mask))
+        objective = objective * torch.exp(seq_reduce(log_w, mask, "mean"))
     return objective[:, None].expand_as(logp_new), (pessimistic != log_r) & (advantages != 0)
 
 

@@ -6,6 +6,7 @@ alone. Log-probabilities everywhere: natural log, ``-inf`` for zero mass, vocab 
 """
 
 from jackpot.functional.estimators import (
+    SEQ_REDUCTIONS,
     effective_sample_size,
     kl_abs,
     kl_floor,
@@ -17,6 +18,7 @@ from jackpot.functional.estimators import (
     kl_k3_reverse,
     log_perplexity,
     masked_mean,
+    seq_reduce,
 )
 from jackpot.functional.logits import (
     entropy_from_logits,
@@ -44,12 +46,7 @@ from jackpot.functional.obrs import (
     solve_lambda,
     solve_log_lambda,
 )
-from jackpot.functional.rejection import (
-    DIVERGENCE_ESTIMATORS,
-    SEQ_REDUCTIONS,
-    seq_divergence,
-    token_divergence,
-)
+from jackpot.functional.rejection import DIVERGENCE_ESTIMATORS, token_divergence
 from jackpot.functional.topk import (
     batch_lambda,
     batch_log_lambda,
@@ -112,9 +109,9 @@ __all__ = [
     "post_rejection",
     "proposal_weight",
     "sampled_logprobs",
-    "seq_divergence",
     "seq_icepop_mask",
     "seq_log_ratio",
+    "seq_reduce",
     "solve_lambda",
     "solve_log_lambda",
     "sparse_topk_normalizer",

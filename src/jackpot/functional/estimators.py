@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "SEQ_REDUCTIONS",
     "effective_sample_size",
     "kl_abs",
     "kl_floor",
@@ -25,10 +26,12 @@ __all__ = [
     "kl_k3_reverse",
     "log_perplexity",
     "masked_mean",
+    "seq_reduce",
 ]
 
 # verl clamps log-ratios to +-20 before exp; a larger |log ratio| carries no usable signal.
 LOG_RATIO_CLAMP = 20.0
+SEQ_REDUCTIONS: tuple[str, ...] = ("sum", "mean", "max")
 
 
 def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
@@ -40,6 +43,21 @@ def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     on = mask != 0
     total = torch.where(on, values, torch.zeros_like(values)).sum()
     return total / on.sum().clamp(min=1).to(values.dtype)
+
+
+def seq_reduce(values: Tensor, mask: Tensor, reduce: str) -> Tensor:
+    """Sum, mean or max of ``values`` ``(B, T)`` over each row's ``mask != 0`` -> ``(B,)``;
+    0 for an empty row. Positions outside ``mask`` are selected away, whatever they hold."""
+    if reduce not in SEQ_REDUCTIONS:
+        raise ValueError(f"reduce must be one of {list(SEQ_REDUCTIONS)}, got {reduce!r}")
+    on = mask != 0
+    if reduce == "max":
+        peak = torch.where(on, values, torch.full_like(values, float("-inf"))).amax(-1)
+        return torch.where(on.any(-1), peak, torch.zeros_like(peak))
+    total = torch.where(on, values, torch.zeros_like(values)).sum(-1)
+    if reduce == "sum":
+        return total
+    return total / on.sum(-1).clamp(min=1).to(values.dtype)
 
 
 def kl_k1(logp_sampler: Tensor, logp_other: Tensor) -> Tensor:
@@ -82,9 +100,7 @@ def kl_k3_plus(logp_sampler: Tensor, logp_other: Tensor) -> Tensor:
 def log_perplexity(logp: Tensor, mask: Tensor) -> Tensor:
     """Each sequence's log-perplexity ``-mean_t log p(a_t)`` over ``mask`` ``(B, T) -> (B,)``;
     0 for an empty row. ``exp`` of it is the perplexity (verl's ``training_ppl`` per row)."""
-    on = mask != 0
-    total = torch.where(on, logp, torch.zeros_like(logp)).sum(-1)
-    return -total / on.sum(-1).clamp(min=1).to(logp.dtype)
+    return -seq_reduce(logp, mask, "mean")
 
 
 def kl_k3_reverse(logp_sampler: Tensor, logp_other: Tensor) -> Tensor:

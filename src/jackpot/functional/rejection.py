@@ -1,5 +1,5 @@
-"""Divergence statistics of verl's rejection options (``rollout_rs``): per token, or reduced
-over each sequence by a sum, a mean or a max.
+"""Per-token divergence statistics of verl's rejection options (``rollout_rs``); the sequence
+options reduce them with :func:`~jackpot.functional.estimators.seq_reduce` (sum, mean, max).
 
 verl writes its estimators of ``KL(p_inf || p_ref)`` in terms of ``l = log(p_ref/p_inf)``
 clamped to +-20: ``k1 = -l``, ``k2 = l^2 / 2``, ``k3 = exp(l) - 1 - l``. Mind the sign of k1:
@@ -17,13 +17,10 @@ from jackpot.functional.weights import log_ratio
 
 __all__ = [
     "DIVERGENCE_ESTIMATORS",
-    "SEQ_REDUCTIONS",
-    "seq_divergence",
     "token_divergence",
 ]
 
 DIVERGENCE_ESTIMATORS: tuple[str, ...] = ("k1", "k2", "k3")
-SEQ_REDUCTIONS: tuple[str, ...] = ("sum", "mean", "max")
 _ESTIMATORS = {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3}
 
 
@@ -37,18 +34,3 @@ def token_divergence(logp_ref: Tensor, logp_inf: Tensor, estimator: str) -> Tens
         raise ValueError(f"estimator must be one of {allowed}, got {estimator!r}")
     lr = log_ratio(logp_ref, logp_inf)
     return _ESTIMATORS[estimator](torch.zeros_like(lr), lr)  # each depends on lr alone
-
-
-def seq_divergence(values: Tensor, mask: Tensor, reduce: str) -> Tensor:
-    """Reduce per-token ``values`` ``(B, T)`` over each row's ``mask`` -> ``(B,)``; 0 for an
-    empty row. Positions outside ``mask`` are selected away, whatever they hold."""
-    if reduce not in SEQ_REDUCTIONS:
-        raise ValueError(f"reduce must be one of {list(SEQ_REDUCTIONS)}, got {reduce!r}")
-    on = mask != 0
-    if reduce == "max":
-        peak = torch.where(on, values, torch.full_like(values, float("-inf"))).amax(-1)
-        return torch.where(on.any(-1), peak, torch.zeros_like(peak))
-    total = torch.where(on, values, torch.zeros_like(values)).sum(-1)
-    if reduce == "sum":
-        return total
-    return total / on.sum(-1).clamp(min=1).to(values.dtype)

@@ -17,7 +17,7 @@ import math
 import torch
 from torch import Tensor
 
-from jackpot.functional.estimators import LOG_RATIO_CLAMP, masked_mean
+from jackpot.functional.estimators import LOG_RATIO_CLAMP, masked_mean, seq_reduce
 
 __all__ = [
     "chi2_seq",
@@ -97,10 +97,7 @@ def geo_mean_log_ratio(logp_ref: Tensor, logp_inf: Tensor, mask: Tensor) -> Tens
     token, then average, so one extreme token moves the mean by at most ``20 / n``); 0 for an
     empty response. Positions outside ``mask`` are selected away, whatever they hold.
     """
-    on = mask != 0
-    lr = torch.where(on, log_ratio(logp_ref, logp_inf), torch.zeros_like(logp_ref))
-    n = on.sum(-1).clamp(min=1).to(logp_ref.dtype)
-    return lr.sum(-1) / n
+    return seq_reduce(log_ratio(logp_ref, logp_inf), mask, "mean")
 
 
 def seq_icepop_mask(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from jackpot.functional import SEQ_REDUCTIONS, seq_divergence, token_divergence
+from jackpot.functional import SEQ_REDUCTIONS, seq_reduce, token_divergence
 from jackpot.samplers.base import (
     SamplerInput,
     SamplerOutput,
@@ -44,6 +44,6 @@ class SequenceRejection(TokenRejection):
         """Keep whole sequences whose reduced divergence is inside the bound."""
         resp = batch.response_mask
         token = token_divergence(batch.logp_ref, batch.logp_inf, self.estimator)
-        stat = seq_divergence(token, resp, self.reduce)
+        stat = seq_reduce(token, resp, self.reduce)
         mask = self.keep(stat).to(resp.dtype).unsqueeze(-1) * resp
         return SamplerOutput(mask, torch.ones_like(mask), mask)
