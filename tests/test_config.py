@@ -89,6 +89,14 @@ BAD = [
     (["trainer.accelerator=tpu"], "trainer.accelerator='tpu' is not allowed"),
     (["algo.mode=sideways"], "algo.mode='sideways' is not allowed"),
     (["algo.ppo_epochs=0"], "algo.ppo_epochs=0 is out of range"),
+    (
+        ["algo.policy_loss=foo"],
+        r"algo.policy_loss='foo' is not allowed; choose one of \['ppo', 'dual_clip', 'gspo'",
+    ),
+    (["algo.agg=sum"], r"algo.agg='sum' is not allowed; choose one of \['token-mean', 'token-sum'"),
+    (["algo.clip_ratio_c=1"], r"algo.clip_ratio_c=1.0 is out of range; .* in \(1, inf\)"),
+    (["algo.clip_eps_high=0"], "algo.clip_eps_high=0.0 is out of range"),
+    (["algo.policy_loss=cispo", "algo.clip=false"], "algo.clip=false is not allowed with"),
     (["rollout.temperature=0"], "rollout.temperature=0.0 is out of range"),
     (["rollout.top_p=1.5"], r"rollout.top_p=1.5 .* \(0, 1\]"),
     (["no_such.key=1"], "unknown config key 'no_such'"),
@@ -238,3 +246,27 @@ def test_math_reward_without_math_verify_is_refused_at_load(
     )
     with pytest.raises(ConfigError, match=r"jackpot\[math\]"):
         load_config(None, ["task.reward=math_equiv"])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (["sampler.estimator=k9"], r"sampler.* \(token_reject\): .*estimator='k9' is not allowed"),
+        (["sampler.estimator=k3"], r"estimator='k3' needs threshold"),
+        (["sampler.reduce=max"], r"sampler.reduce given on the command line but"),
+        (["sampler.estimator=k3", "sampler.threshold=0"], "sampler.threshold=0.0 is out of range"),
+    ],
+)
+def test_new_sampler_parameters_are_refused_at_load(
+    overrides: list[str], match: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the class (its entry point exists once the package is reinstalled)."""
+    from jackpot.samplers import registry
+    from jackpot.samplers.token_reject import TokenRejection
+
+    installed = registry._load_all()
+    monkeypatch.setattr(
+        registry, "_load_all", lambda: {**installed, "token_reject": TokenRejection}
+    )
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, ["sampler.name=token_reject", *overrides])

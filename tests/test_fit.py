@@ -215,3 +215,56 @@ def test_nonfinite_updates_are_skipped_then_the_run_stops_with_a_checkpoint(
     rows = read_metrics(tmp_path / "run" / "metrics.csv")
     assert rows[0]["train/skipped_updates"] == 1.0  # both minibatches of step 0 skipped
     assert (tmp_path / "run" / "checkpoints" / "nonfinite-stop.ckpt").is_file()
+
+
+VERL_LOSSES = {
+    "dual_clip": ["algo.policy_loss=dual_clip"],
+    "gspo": ["algo.policy_loss=gspo", "algo.agg=seq-mean-token-mean"],
+    "cispo": ["algo.policy_loss=cispo", "algo.clip_eps_high=0.28"],
+    "gmpo": ["algo.policy_loss=gmpo", "algo.agg=seq-mean-token-sum"],
+    "reinforce": ["algo.policy_loss=reinforce", "algo.agg=token-sum"],
+    "ppo-bypass": ["algo.bypass_old_logprobs=true"],
+}
+
+
+@pytest.mark.parametrize("name", list(VERL_LOSSES))
+def test_two_steps_of_each_verl_policy_loss(
+    name: str, tmp_path: Path, warmstart_cache: Path
+) -> None:
+    """Each policy loss (and the bypass) trains both models with the default OBRS sampler."""
+    overrides = [*tiny_overrides(tmp_path / "run", warmstart_cache), "trainer.eval_every=0"]
+    rows = read_metrics(run(load_config(DEFAULT_CONFIG, overrides + VERL_LOSSES[name])).metrics_csv)
+    assert [r["step"] for r in rows] == [0.0, 1.0]
+    assert all(math.isfinite(v) for v in rows[-1].values())
+    assert "loss/policy" in rows[-1] and rows[-1]["grad_norm/rollout"] > 0
+
+
+VERL_SAMPLERS = {
+    "token_reject": ["sampler.estimator=k3", "sampler.threshold=0.5"],
+    "seq_reject": ["sampler.reduce=sum", "sampler.alpha=0.2", "sampler.beta=5.0"],
+    "seq_icepop": [],
+    "tis": ["sampler.normalize=true"],
+}
+
+
+@pytest.mark.parametrize("name", list(VERL_SAMPLERS))
+def test_two_steps_of_each_verl_sampler(
+    name: str, tmp_path: Path, warmstart_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The new samplers in a run, found through their classes (their entry points exist only
+    once the package is reinstalled)."""
+    from jackpot.samplers import registry
+    from jackpot.samplers.seq_icepop import SequenceIcePop
+    from jackpot.samplers.seq_reject import SequenceRejection
+    from jackpot.samplers.token_reject import TokenRejection
+
+    installed = registry._load_all()
+    new = {c.name: c for c in (TokenRejection, SequenceRejection, SequenceIcePop)}
+    monkeypatch.setattr(registry, "_load_all", lambda: {**installed, **new})
+    overrides = [*tiny_overrides(tmp_path / "run", warmstart_cache), "trainer.eval_every=0"]
+    overrides += [f"sampler.name={name}", *VERL_SAMPLERS[name]]
+    rows = read_metrics(run(load_config(DEFAULT_CONFIG, overrides)).metrics_csv)
+    assert [r["step"] for r in rows] == [0.0, 1.0]
+    assert all(math.isfinite(v) for v in rows[-1].values())
+    assert 0.0 < rows[-1]["sampler/keep_rate"] <= 1.0
+    assert {"mismatch/chi2_token", "mismatch/chi2_seq", "mismatch/training_ppl"} <= set(rows[-1])

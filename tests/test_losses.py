@@ -55,6 +55,11 @@ def ref_aggregate(v: np.ndarray, lm: np.ndarray, nm: np.ndarray, mode: str, max_
         num = sum(v[i, j] for i in range(b) for j in range(t) if lm[i, j])
         den = nm.sum()
         return num / den if den > 0 else 0.0
+    if mode == "token-sum":
+        return float(sum(v[i, j] for i in range(b) for j in range(t) if lm[i, j]))
+    if mode == "seq-mean-token-sum":
+        seq = [sum(v[i, j] for j in range(t) if lm[i, j]) for i in range(b) if nm[i].sum() > 0]
+        return float(np.mean(seq)) if seq else 0.0
     if mode == "seq-mean-token-mean":
         seq = [
             sum(v[i, j] for j in range(t) if lm[i, j]) / nm[i].sum()
@@ -143,7 +148,13 @@ def test_broadcast_to_tokens() -> None:
 
 # ------------------------------------------------------------------------------- aggregation
 
-MODES = ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
+MODES = [
+    "token-mean",
+    "token-sum",
+    "seq-mean-token-mean",
+    "seq-mean-token-sum",
+    "seq-mean-token-sum-norm",
+]
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -175,7 +186,8 @@ def test_aggregate_ignores_nonfinite_values_outside_loss_mask(mode: str) -> None
     v = torch.tensor([[1.0, float("inf")], [float("nan"), 3.0]], requires_grad=True)
     mask = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     out = aggregate(v, mask, mask, mode, max_len=2)  # type: ignore[arg-type]
-    assert out.item() == pytest.approx(2.0 if mode != "seq-mean-token-sum-norm" else 1.0)
+    want = {"token-sum": 4.0, "seq-mean-token-sum-norm": 1.0}.get(mode, 2.0)
+    assert out.item() == pytest.approx(want)
     out.backward()
     assert v.grad is not None and torch.isfinite(v.grad).all()
 

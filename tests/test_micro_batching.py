@@ -23,6 +23,18 @@ SAMPLERS = {
     "obrs-exact": [],
     "tis": ["sampler.name=tis"],
     "icepop": ["sampler.name=icepop"],
+    # sequence-level policy losses, the new aggregations, the bypass of the old log-probs
+    "gspo-seq-mean-token-sum": [
+        "sampler.topk=4",
+        "rollout.logprobs_k=4",
+        "algo.policy_loss=gspo",
+        "algo.agg=seq-mean-token-sum",
+    ],
+    "gmpo-token-sum-bypass": [
+        "algo.policy_loss=gmpo",
+        "algo.agg=token-sum",
+        "algo.bypass_old_logprobs=true",
+    ],
 }
 # What else the split run changes, none of which may change the gradient: activation
 # checkpointing, and the models' padded forward instead of the unpadded one.

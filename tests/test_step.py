@@ -6,8 +6,9 @@ import pytest
 import torch
 
 import jackpot.functional as F
+from jackpot.losses import POLICY_LOSSES, policy_loss
 from jackpot.samplers import get_sampler
-from jackpot.samplers.base import SamplerOutput
+from jackpot.samplers.base import SamplerInput, SamplerOutput
 from jackpot.step import (
     TargetScores,
     auto_micro_batch_size,
@@ -161,7 +162,18 @@ def _grads_of(loss_fn, *leaves: torch.Tensor) -> list[torch.Tensor]:
     return [leaf.grad.clone() for leaf in leaves]
 
 
-@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
+AGG_MODES = [
+    "token-mean",
+    "token-sum",
+    "seq-mean-token-mean",
+    "seq-mean-token-sum",
+    "seq-mean-token-sum-norm",
+]
+# Every policy loss with the token-level agg modes on one sampler, every agg mode with PPO.
+LOSS_CASES = [("ppo", False), *[(k, False) for k in POLICY_LOSSES[1:]], ("ppo", True)]
+
+
+@pytest.mark.parametrize("agg", AGG_MODES)
 @pytest.mark.parametrize(
     "sampler_args",
     [("obrs", {"budget": 0.8, "topk": 3}), ("obrs", {"lam": 1.2}), ("tis", {}), ("icepop", {})],
@@ -169,6 +181,19 @@ def _grads_of(loss_fn, *leaves: torch.Tensor) -> list[torch.Tensor]:
 )
 def test_micro_batched_gradient_equals_the_unsplit_one(agg: str, sampler_args) -> None:
     """Micro-batches sharing the minibatch's denominators give the unsplit gradient (fp64)."""
+    _check_micro_batched_gradient(agg, sampler_args, "ppo", False)
+
+
+@pytest.mark.parametrize("agg", ["token-sum", "seq-mean-token-mean", "seq-mean-token-sum"])
+@pytest.mark.parametrize(
+    ("kind", "bypass"), LOSS_CASES, ids=[f"{k}{'-bypass' if b else ''}" for k, b in LOSS_CASES]
+)
+def test_micro_batched_gradient_of_every_policy_loss(agg: str, kind: str, bypass: bool) -> None:
+    """The same for every policy loss (sequence-level ones included) and the bypass mode."""
+    _check_micro_batched_gradient(agg, ("obrs", {"lam": 1.2}), kind, bypass)
+
+
+def _check_micro_batched_gradient(agg: str, sampler_args, kind: str, bypass: bool) -> None:
     g = torch.Generator().manual_seed(1)
     mask = (torch.rand(N, T, generator=g) > 0.2).double()
     mask[2] = 0  # an empty response
@@ -218,6 +243,9 @@ def test_micro_batched_gradient_equals_the_unsplit_one(agg: str, sampler_args) -
             rollout_tis_cap=2.0,
             max_len=T,
             denominators=denominators,
+            kind=kind,
+            clip_eps_high=0.28,
+            bypass=bypass,
         ).total
 
     whole = _grads_of(lambda: loss(index, sampled).backward(), new, w)
@@ -296,3 +324,36 @@ def test_automatic_micro_batches_respect_both_budgets_and_hold_at_least_one_sequ
         n = auto_micro_batch_size(seq, resp, vocab, tokens, gb)
         assert n * seq <= tokens and n * resp * vocab * 4 <= gb * 2**30
         assert (n + 1) * seq > tokens or (n + 1) * resp * vocab * 4 > gb * 2**30
+
+
+def test_bypass_makes_p_inf_the_old_policy_of_the_policy_loss() -> None:
+    t, _, logits_ref = _tensors(torch.arange(N).float() % 3)
+    sampled = get_sampler("tis")(SamplerInput(t.logp_inf, t.logp_ref, t.logp_ref, t.response_mask))
+    new = logits_ref + 0.1
+    got = joint_loss(
+        t,
+        torch.arange(N),
+        new,
+        sampled,
+        logits_w=None,
+        distill_coef=0.5,
+        distill_direction="forward",
+        clip_eps=0.2,
+        clip=True,
+        agg="token-mean",
+        rollout_tis_cap=2.0,
+        max_len=T,
+        kind="cispo",
+        bypass=True,
+    )
+    want, _ = policy_loss(
+        F.token_logprobs(new, t.response_ids),
+        t.logp_inf,
+        t.advantages,
+        sampled.mask,
+        sampled.norm_mask,
+        sampled.weights,
+        kind="cispo",
+    )
+    torch.testing.assert_close(got.policy, want)
+    assert not torch.allclose(got.policy, _loss(t, new, sampled).policy)

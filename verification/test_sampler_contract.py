@@ -36,10 +36,17 @@ NEG_INF = -math.inf
 BUILTIN_PARAMS: dict[str, list[dict[str, Any]]] = {
     "none": [{}],
     "is": [{}],
-    "tis": [{}, {"cap": 1.5}],
+    "tis": [{}, {"cap": 1.5}, {"normalize": True}],
     "icepop": [{}, {"alpha": 0.8, "beta": 1.25}],
-    "seq_tis": [{}],
+    "seq_tis": [{}, {"normalize": True}],
     "geo_mask": [{}],
+    "seq_icepop": [{}],
+    "token_reject": [{}, {"estimator": "k3", "threshold": 0.5}],
+    "seq_reject": [
+        {},
+        {"reduce": "sum", "estimator": "k2", "threshold": 2.0},
+        {"reduce": "max", "estimator": "k3", "threshold": 1.0},
+    ],
     "rs": [{}],
     "obrs": [
         {"lam": 1.0},

@@ -200,10 +200,21 @@ class SamplerConfig:
     """OBRS weight/denominator pairing: ``accepted`` (paper) or ``proposal``."""
     cap: float | None = None
     """Truncation C of ``tis`` / ``seq_tis``."""
+    normalize: bool | None = None
+    """``tis`` / ``seq_tis``: rescale the weights to mean 1 over the batch (verl's
+    ``rollout_is_batch_normalize``)."""
     alpha: float | None = None
-    """Lower ratio bound of ``icepop`` / ``geo_mask``."""
+    """Lower ratio bound of ``icepop`` / ``seq_icepop`` / ``geo_mask``, and of the k1 band of
+    ``token_reject`` / ``seq_reject`` (verl's k1 ``lower_upper`` is ``1/upper``, ``1/lower``)."""
     beta: float | None = None
-    """Upper ratio bound of ``icepop`` / ``geo_mask``."""
+    """Upper ratio bound of the same samplers."""
+    estimator: str | None = None
+    """``token_reject`` / ``seq_reject``: divergence ``k1`` (ratio band alpha/beta), ``k2`` or
+    ``k3`` (upper bound ``threshold``)."""
+    reduce: str | None = None
+    """``seq_reject``: ``sum``, ``mean`` or ``max`` of the token divergences of a sequence."""
+    threshold: float | None = None
+    """``token_reject`` / ``seq_reject`` with k2 / k3: the largest divergence kept (> 0)."""
     params: dict[str, Any] = field(default_factory=dict)
     """Extra keyword parameters, e.g. for a third-party sampler."""
 
@@ -229,12 +240,27 @@ class AlgoConfig:
     """Passes over each step's rollouts."""
     minibatches: int = 2
     """Optimiser steps per epoch (the rollouts are split into this many minibatches)."""
+    policy_loss: str = "ppo"
+    """Policy loss of both models: ``ppo`` (clipped ratio), ``dual_clip`` (PPO floored at
+    ``clip_ratio_c x A`` for A < 0; verl's ``vanilla``), ``gspo`` (sequence ratio), ``cispo``
+    (clipped, stop-gradient IS weight on ``A log p``), ``gmpo`` (geometric mean of the token
+    ratios) or ``reinforce`` (``A log p``, weights applied); see docs/math.md."""
     clip_eps: float = 0.2
-    """PPO clip range."""
+    """Clip range (the lower one when ``clip_eps_high`` is set): the ratio is clipped to
+    ``[1 - clip_eps, 1 + clip_eps_high]``; for ``gmpo`` the log-ratio to ``[-clip_eps,
+    clip_eps_high]``."""
+    clip_eps_high: float | None = None
+    """Upper clip range (DAPO's clip-higher, verl's ``clip_ratio_high``); None = ``clip_eps``."""
+    clip_ratio_c: float = 3.0
+    """``dual_clip``: the ratio bound ``c > 1`` of negative-advantage tokens (verl's default 3)."""
     clip: bool = True
-    """False = the paper's no-clip ablation (plain ratio objective)."""
+    """False = the paper's no-clip ablation (plain ratio objective; ``policy_loss=ppo`` only)."""
+    bypass_old_logprobs: bool = False
+    """Use the rollout engine's log-probs ``p_inf`` as the old policy of the ratio (verl's bypass
+    mode) instead of ``p_ref`` / ``p_w_old``; samplers still see ``p_ref``."""
     agg: str = "token-mean"
-    """Loss aggregation: ``token-mean``, ``seq-mean-token-mean`` or ``seq-mean-token-sum-norm``."""
+    """Loss aggregation: ``token-mean``, ``token-sum``, ``seq-mean-token-mean``,
+    ``seq-mean-token-sum`` or ``seq-mean-token-sum-norm`` (see README)."""
     train_rollout: bool = True
     """Train the rollout model (RL + distillation) on the same trajectories."""
     rollout_rl: bool = True
@@ -362,7 +388,14 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "rollout.engine": ("hf", "vllm"),
     "rollout.vllm.dtype": ("float32", "bfloat16", "float16", "auto"),
     "algo.advantage": ("grpo", "drgrpo", "rloo"),
-    "algo.agg": ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"),
+    "algo.policy_loss": ("ppo", "dual_clip", "gspo", "cispo", "gmpo", "reinforce"),
+    "algo.agg": (
+        "token-mean",
+        "token-sum",
+        "seq-mean-token-mean",
+        "seq-mean-token-sum",
+        "seq-mean-token-sum-norm",
+    ),
     "algo.distill_direction": ("forward", "reverse"),
     "trainer.accelerator": ("cpu", "gpu", "cuda", "auto"),
     "trainer.precision": ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed"),
@@ -402,9 +435,12 @@ _RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "sampler.c1": (0, math.inf, True, False),
     "sampler.c2": (0, math.inf, True, False),
     "sampler.cap": (0, math.inf, True, True),
+    "sampler.threshold": (0, math.inf, True, False),
     "algo.ppo_epochs": (1, math.inf, False, True),
     "algo.minibatches": (1, math.inf, False, True),
     "algo.clip_eps": (0, 1, True, True),
+    "algo.clip_eps_high": (0, math.inf, True, True),
+    "algo.clip_ratio_c": (1, math.inf, True, True),
     "algo.rollout_tis_cap": (0, math.inf, True, True),
     "algo.distill_coef": (0, math.inf, False, True),
     "algo.distill_target_kl": (0, math.inf, True, True),
@@ -514,6 +550,11 @@ def _validate_relations(cfg: JackpotConfig) -> None:
             f"sampler.topk={s.topk} needs rollout.logprobs_k >= {s.topk}, got "
             f"{cfg.rollout.logprobs_k} (the rollout must record that many p_inf log-probs)"
         )
+    if not cfg.algo.clip and cfg.algo.policy_loss != "ppo":
+        raise ConfigError(
+            f"algo.clip=false is not allowed with algo.policy_loss={cfg.algo.policy_loss!r}; "
+            "the no-clip ablation is for algo.policy_loss='ppo'"
+        )
     low, high = cfg.algo.distill_coef_bounds
     if not 0 < low <= high:
         raise ConfigError(f"algo.distill_coef_bounds={[low, high]} must satisfy 0 < low <= high")
@@ -564,7 +605,7 @@ def _validate_rollout_files(cfg: JackpotConfig) -> None:
             "set sampler.topk (at most the files' k) for the top-k Z"
             if cfg.sampler.name == "obrs"
             else "choose a sampler that needs no full logits (none, is, tis, icepop, seq_tis, "
-            "geo_mask, or obrs with sampler.topk)"
+            "geo_mask, seq_icepop, token_reject, seq_reject, or obrs with sampler.topk)"
         )
         topk = " with sampler.topk=None" if cfg.sampler.name == "obrs" else ""
         raise ConfigError(

@@ -16,35 +16,61 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from jackpot.functional.estimators import seq_reduce
 from jackpot.functional.logits import map_rows_checkpointed
 
 __all__ = [
     "ADVANTAGE_MODES",
     "AGG_MODES",
     "KL_DIRECTIONS",
+    "POLICY_LOSSES",
     "AdvantageMode",
     "AggMode",
     "KLDirection",
+    "PolicyLossKind",
     "aggregate",
     "broadcast_to_tokens",
+    "cispo_objective",
     "distill_kl_full",
     "distill_kl_topk",
+    "dual_clip_surrogate",
+    "gmpo_surrogate",
     "group_advantages",
+    "gspo_surrogate",
     "loss_denominator",
     "policy_loss",
     "ppo_surrogate",
+    "reinforce_objective",
     "rollout_model_loss",
 ]
 
 AdvantageMode = Literal["grpo", "drgrpo", "rloo"]
-AggMode = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
+AggMode = Literal[
+    "token-mean",
+    "token-sum",
+    "seq-mean-token-mean",
+    "seq-mean-token-sum",
+    "seq-mean-token-sum-norm",
+]
 KLDirection = Literal["forward", "reverse"]
+PolicyLossKind = Literal["ppo", "dual_clip", "gspo", "cispo", "gmpo", "reinforce"]
 ADVANTAGE_MODES: tuple[str, ...] = ("grpo", "drgrpo", "rloo")
-AGG_MODES: tuple[str, ...] = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+AGG_MODES: tuple[str, ...] = (
+    "token-mean",
+    "token-sum",
+    "seq-mean-token-mean",
+    "seq-mean-token-sum",
+    "seq-mean-token-sum-norm",
+)
 KL_DIRECTIONS: tuple[str, ...] = ("forward", "reverse")
+POLICY_LOSSES: tuple[str, ...] = ("ppo", "dual_clip", "gspo", "cispo", "gmpo", "reinforce")
 
 # verl clamps log-ratios to +-20 before exp; beyond that the ratio carries no usable signal.
 _LOG_RATIO_CLAMP = 20.0
+# verl's GSPO caps the log of its sequence ratio at 10 (not 20) before exp.
+_GSPO_LOG_RATIO_MAX = 10.0
+# Floor on an importance weight before its log (GMPO's geometric mean of the weights).
+_WEIGHT_FLOOR = 1e-10
 # Floor on the teacher's "other" mass in the top-k reverse KL: 1 - sum(top-k probs) is only
 # known to ~k * fp32 eps, and a 0 there would make KL(p_w || p_new) infinite.
 _OTHER_MASS_FLOOR = 1e-8
@@ -156,8 +182,9 @@ def loss_denominator(
 
     Passing it to :func:`aggregate` on each micro-batch makes the micro-batch losses add up to
     the loss of the unsplit minibatch (gradient accumulation without changing the mean):
-    ``token-mean`` counts the norm tokens, ``seq-mean-token-mean`` the sequences that have
-    any, ``seq-mean-token-sum-norm`` is ``max_len x B``.
+    ``token-mean`` counts the norm tokens, ``token-sum`` is 1, ``seq-mean-token-mean`` and
+    ``seq-mean-token-sum`` count the sequences that have any, ``seq-mean-token-sum-norm`` is
+    ``max_len x B``.
     """
     _check_choice("mode", mode, AGG_MODES)
     if norm_mask.dim() != 2:
@@ -165,7 +192,9 @@ def loss_denominator(
     norm = norm_mask.to(_acc_dtype(norm_mask))
     if mode == "token-mean":
         return norm.sum()
-    if mode == "seq-mean-token-mean":
+    if mode == "token-sum":
+        return torch.ones((), dtype=norm.dtype, device=norm.device)
+    if mode in ("seq-mean-token-mean", "seq-mean-token-sum"):
         return (norm.sum(-1) > 0).sum().to(norm.dtype)
     if max_len is None or isinstance(max_len, bool) or not max_len > 0:
         raise ValueError(f"max_len must be a positive int for mode {mode!r}, got {max_len}")
@@ -184,8 +213,10 @@ def aggregate(
     denominator counted on ``norm_mask`` (verl ``agg_loss`` with the two masks split).
 
     - ``token-mean``: ``sum(loss_mask * v) / sum(norm_mask)``.
+    - ``token-sum``: ``sum(loss_mask * v)``, no normalisation (scales with the batch).
     - ``seq-mean-token-mean``: mean, over sequences with ``sum_t norm_mask > 0``, of
       ``sum_t(loss_mask * v) / sum_t norm_mask``.
+    - ``seq-mean-token-sum``: mean, over the same sequences, of ``sum_t(loss_mask * v)``.
     - ``seq-mean-token-sum-norm``: mean over all ``B`` sequences of ``sum_t(loss_mask * v) /
       max_len`` (Dr.GRPO; ``norm_mask`` unused). Current verl divides by its
       ``loss_scale_factor`` the same way; older verl summed over sequences (``B`` times larger).
@@ -219,6 +250,19 @@ def aggregate(
 # ---------------------------------------------------------------------------------------- PPO
 
 
+def _clamped_log_ratio(logp_new: Tensor, logp_old: Tensor) -> Tensor:
+    """``logp_new - logp_old`` clamped to [-20, 20] (verl's bound before exp), ``(B, T)``."""
+    return torch.clamp(logp_new - logp_old, -_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)
+
+
+def _clipped(ratio: Tensor, advantages: Tensor, low: float, high: float) -> tuple[Tensor, Tensor]:
+    """``min(r A, clip(r, 1 - low, 1 + high) A)`` and where the clipped branch is strictly
+    smaller, ``(B, T)``."""
+    unclipped = ratio * advantages
+    clipped_obj = torch.clamp(ratio, 1.0 - low, 1.0 + high) * advantages
+    return torch.minimum(unclipped, clipped_obj), clipped_obj < unclipped
+
+
 def ppo_surrogate(
     logp_new: Tensor,
     logp_old: Tensor,
@@ -232,17 +276,157 @@ def ppo_surrogate(
     ``min(r A, clip(r, 1 - clip_eps, 1 + clip_eps_high) A)`` with ``r = exp(logp_new -
     logp_old)``, the log-ratio clamped to [-20, 20] first (as verl). ``clip=False`` is the
     paper's no-clip ablation: ``r A``. ``clipped`` is True where the clipped branch is strictly
-    smaller (verl's ``pg_clipfrac``). verl's dual-clip (``clip_ratio_c``) is not applied.
+    smaller (verl's ``pg_clipfrac``). Dual-clip is :func:`dual_clip_surrogate`.
     """
     _check_clip(clip_eps, clip_eps_high)
     _check_same_shape(logp_new=logp_new, logp_old=logp_old, advantages=advantages)
     high = clip_eps if clip_eps_high is None else clip_eps_high
-    ratio = torch.exp(torch.clamp(logp_new - logp_old, -_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP))
-    unclipped = ratio * advantages
+    ratio = torch.exp(_clamped_log_ratio(logp_new, logp_old))
     if not clip:
+        unclipped = ratio * advantages
         return unclipped, torch.zeros_like(unclipped, dtype=torch.bool)
-    clipped_obj = torch.clamp(ratio, 1.0 - clip_eps, 1.0 + high) * advantages
-    return torch.minimum(unclipped, clipped_obj), clipped_obj < unclipped
+    return _clipped(ratio, advantages, clip_eps, high)
+
+
+def dual_clip_surrogate(
+    logp_new: Tensor,
+    logp_old: Tensor,
+    advantages: Tensor,
+    clip_eps: float = 0.2,
+    clip_eps_high: float | None = None,
+    clip_ratio_c: float = 3.0,
+) -> tuple[Tensor, Tensor]:
+    """Dual-clip PPO (Ye et al. 2020; verl's ``vanilla`` loss): PPO's objective, floored at
+    ``clip_ratio_c x A`` where ``A < 0``, so a huge ratio cannot drive an unbounded step.
+
+    Per token ``(B, T)``: the objective and where a clip bounds it (PPO's or the floor).
+    """
+    if not clip_ratio_c > 1:
+        raise ValueError(f"clip_ratio_c must be > 1, got {clip_ratio_c}")
+    ppo, clipped = ppo_surrogate(logp_new, logp_old, advantages, clip_eps, clip_eps_high)
+    floor = clip_ratio_c * advantages
+    floored = (advantages < 0) & (floor > ppo)
+    return torch.where(floored, floor, ppo), clipped | floored
+
+
+def gspo_surrogate(
+    logp_new: Tensor,
+    logp_old: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    clip_eps: float = 0.2,
+    clip_eps_high: float | None = None,
+) -> tuple[Tensor, Tensor]:
+    """GSPO (Zheng et al. 2025): PPO's clipped objective on the sequence ratio
+    ``s = exp(mean_t log(p_new/p_old))`` over ``mask`` (the tokens that enter the loss).
+
+    Token form as verl: ``log s_t = sg(log s) + logp_new - sg(logp_new)``, capped at 10 before
+    exp, so each token's gradient is ``s A grad logp_new``. ``(B, T)`` objective and clipped.
+    """
+    _check_clip(clip_eps, clip_eps_high)
+    _check_same_shape(logp_new=logp_new, logp_old=logp_old, advantages=advantages, mask=mask)
+    high = clip_eps if clip_eps_high is None else clip_eps_high
+    log_s = seq_reduce(logp_new - logp_old, mask, "mean").detach()  # (B,)
+    log_st = (logp_new - logp_new.detach() + log_s[:, None]).clamp(max=_GSPO_LOG_RATIO_MAX)
+    return _clipped(torch.exp(log_st), advantages, clip_eps, high)
+
+
+def cispo_objective(
+    logp_new: Tensor,
+    logp_old: Tensor,
+    advantages: Tensor,
+    clip_eps: float = 0.2,
+    clip_eps_high: float | None = None,
+) -> tuple[Tensor, Tensor]:
+    """CISPO (MiniMax-M1): ``sg(clip(r, 1 - clip_eps, 1 + clip_eps_high)) A logp_new``.
+
+    The clipped ratio only weights the REINFORCE term, so no token loses its gradient (unlike
+    PPO's clip). ``(B, T)`` objective and where the weight is clipped (verl's ``pg_clipfrac``).
+    """
+    _check_clip(clip_eps, clip_eps_high)
+    _check_same_shape(logp_new=logp_new, logp_old=logp_old, advantages=advantages)
+    high = clip_eps if clip_eps_high is None else clip_eps_high
+    ratio = torch.exp(_clamped_log_ratio(logp_new, logp_old)).detach()
+    weight = torch.clamp(ratio, 1.0 - clip_eps, 1.0 + high)
+    return weight * advantages * logp_new, weight != ratio
+
+
+def gmpo_surrogate(
+    logp_new: Tensor,
+    logp_old: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    weights: Tensor | None = None,
+    clip_eps: float = 0.2,
+    clip_eps_high: float | None = None,
+) -> tuple[Tensor, Tensor]:
+    """GMPO (Zhao et al. 2025): the geometric mean over ``mask`` of the token ratios, each
+    clipped in log space to ``[-clip_eps, clip_eps_high]`` on the pessimistic side of ``A``.
+
+    Per sequence ``A_seq exp(mean_t sgn(A) min(sgn(A) l_t, sgn(A) clip(l_t)))`` (the mean
+    log-ratio capped at +-20), times the geometric mean of ``weights`` over ``mask`` (verl),
+    broadcast onto its tokens ``(B, T)``; clipped where the clipped log-ratio was chosen.
+    """
+    _check_clip(clip_eps, clip_eps_high)
+    _check_same_shape(logp_new=logp_new, logp_old=logp_old, advantages=advantages, mask=mask)
+    high = clip_eps if clip_eps_high is None else clip_eps_high
+    log_r = logp_new - logp_old
+    sign = torch.sign(advantages)
+    pessimistic = sign * torch.minimum(sign * log_r, sign * log_r.clamp(-clip_eps, high))
+    log_ratio = seq_reduce(pessimistic, mask, "mean").clamp(-_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)
+    objective = seq_reduce(advantages, mask, "mean") * torch.exp(log_ratio)  # (B,)
+    if weights is not None:
+        log_w = weights.detach().clamp(min=_WEIGHT_FLOOR).log()
+        objective = objective * torch.exp(seq_reduce(log_w, mask, "mean"))
+    return objective[:, None].expand_as(logp_new), (pessimistic != log_r) & (advantages != 0)
+
+
+def reinforce_objective(logp_new: Tensor, advantages: Tensor) -> tuple[Tensor, Tensor]:
+    """REINFORCE: ``A logp_new`` per token ``(B, T)`` (importance weights multiply it in
+    :func:`policy_loss`, as verl's bypass ``reinforce``); nothing is clipped."""
+    _check_same_shape(logp_new=logp_new, advantages=advantages)
+    objective = advantages * logp_new
+    return objective, torch.zeros_like(objective, dtype=torch.bool)
+
+
+def _objective(
+    kind: PolicyLossKind,
+    logp_new: Tensor,
+    logp_old: Tensor,
+    advantages: Tensor,
+    loss_mask: Tensor,
+    weights: Tensor | None,
+    clip_eps: float,
+    clip_eps_high: float | None,
+    clip: bool,
+    clip_ratio_c: float,
+) -> tuple[Tensor, Tensor]:
+    """The weighted per-token objective ``(B, T)`` of policy loss ``kind`` and its clip flags."""
+    _check_choice("kind", kind, POLICY_LOSSES)
+    if not clip and kind != "ppo":
+        raise ValueError(f"clip=False (the no-clip ablation) is for kind 'ppo' only, got {kind!r}")
+    if kind == "gmpo":  # weights enter as their geometric mean per sequence
+        return gmpo_surrogate(
+            logp_new, logp_old, advantages, loss_mask, weights, clip_eps, clip_eps_high
+        )
+    if kind == "ppo":
+        obj, clipped = ppo_surrogate(logp_new, logp_old, advantages, clip_eps, clip_eps_high, clip)
+    elif kind == "dual_clip":
+        obj, clipped = dual_clip_surrogate(
+            logp_new, logp_old, advantages, clip_eps, clip_eps_high, clip_ratio_c
+        )
+    elif kind == "gspo":
+        obj, clipped = gspo_surrogate(
+            logp_new, logp_old, advantages, loss_mask, clip_eps, clip_eps_high
+        )
+    elif kind == "cispo":
+        obj, clipped = cispo_objective(logp_new, logp_old, advantages, clip_eps, clip_eps_high)
+    else:
+        obj, clipped = reinforce_objective(logp_new, advantages)
+    if weights is not None:
+        _check_same_shape(logp_new=logp_new, weights=weights)
+        obj = obj * weights.detach()
+    return obj, clipped
 
 
 def policy_loss(
@@ -253,35 +437,45 @@ def policy_loss(
     norm_mask: Tensor,
     weights: Tensor | None,
     *,
+    kind: PolicyLossKind = "ppo",
     clip_eps: float = 0.2,
     clip_eps_high: float | None = None,
     clip: bool = True,
+    clip_ratio_c: float = 3.0,
     agg: AggMode = "token-mean",
     max_len: int | None = None,
     denominator: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Jackpot's policy loss (spec "Losses"): ``-agg_t[m_t rho_t min(r_t A_t, clip(r_t) A_t)]``.
+    """Jackpot's policy loss (spec "Losses"): ``-agg_t[m_t rho_t f_t]``, ``f`` the per-token
+    objective of ``kind`` (``ppo``: ``min(r_t A_t, clip(r_t) A_t)``; see :data:`POLICY_LOSSES`).
 
-    All per-token ``(B, T)``. ``loss_mask`` = OBRS accepted mask x response mask; ``norm_mask``
-    per :func:`aggregate` (the weights must match it); ``weights`` = rho (detached here; None
-    means 1); ``denominator`` as in :func:`aggregate` (micro-batches). Stats (detached
-    scalars): ``clip_frac`` = share of ``loss_mask`` tokens where clipping is active,
-    ``approx_kl`` = k3 estimate of ``KL(p_old || p_new)`` on those tokens (verl's
-    ``ppo_kl`` is k1; the tokens come from p_inf, so it is a diagnostic). Empty ``loss_mask``
-    gives 0 for both.
+    All per-token ``(B, T)``. ``loss_mask`` = OBRS accepted mask x response mask (also the
+    tokens of the sequence means of ``gspo`` / ``gmpo``); ``norm_mask`` per :func:`aggregate`
+    (the weights must match it); ``weights`` = rho (detached here; None means 1; ``gmpo`` takes
+    their geometric mean per sequence); ``denominator`` as in :func:`aggregate` (micro-batches).
+    ``clip=False`` (``ppo`` only) is the no-clip ablation. Stats (detached scalars):
+    ``clip_frac`` = share of ``loss_mask`` tokens where a clip binds, ``approx_kl`` = k3
+    estimate of ``KL(p_old || p_new)`` on those tokens (verl's ``ppo_kl`` is k1; the tokens
+    come from p_inf, so it is a diagnostic). Empty ``loss_mask`` gives 0 for both.
     """
     _check_same_shape(logp_new=logp_new, loss_mask=loss_mask, norm_mask=norm_mask)
-    objective, clipped = ppo_surrogate(
-        logp_new, logp_old, advantages, clip_eps, clip_eps_high, clip
+    objective, clipped = _objective(
+        kind,
+        logp_new,
+        logp_old,
+        advantages,
+        loss_mask,
+        weights,
+        clip_eps,
+        clip_eps_high,
+        clip,
+        clip_ratio_c,
     )
-    if weights is not None:
-        _check_same_shape(logp_new=logp_new, weights=weights)
-        objective = objective * weights.detach()
     loss = -aggregate(objective, loss_mask, norm_mask, agg, max_len, denominator)
     with torch.no_grad():
         mask = loss_mask.to(logp_new.dtype)
         n_tok = mask.sum()
-        log_ratio = torch.clamp(logp_new - logp_old, -_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)
+        log_ratio = _clamped_log_ratio(logp_new, logp_old)
         k3 = torch.expm1(log_ratio) - log_ratio  # k3 of KL(old || new); see functional.kl_k3
         stats = {
             "clip_frac": _safe_ratio((clipped.to(mask.dtype) * mask).sum(), n_tok),
@@ -298,36 +492,41 @@ def rollout_model_loss(
     response_mask: Tensor,
     *,
     tis_cap: float = 2.0,
+    kind: PolicyLossKind = "ppo",
+    bypass: bool = False,
     clip_eps: float = 0.2,
     clip_eps_high: float | None = None,
     clip: bool = True,
+    clip_ratio_c: float = 3.0,
     agg: AggMode = "token-mean",
     max_len: int | None = None,
     denominator: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """PPO loss for the rollout model p_w (spec "Losses"), truncated-IS corrected, no OBRS.
+    """The rollout model p_w's policy loss (spec "Losses"), truncated-IS corrected, no OBRS.
 
-    Ratio ``p_w / p_w_old``; weight ``min(p_w_old / p_inf, tis_cap)`` (detached; verl's token
-    TIS: log-ratio clamped to +-20, truncated from above only); ``loss_mask = norm_mask =
-    response_mask``. All ``(B, T)``. Stats: those of :func:`policy_loss` plus ``tis_mean`` and
-    ``tis_capped_frac`` over response tokens.
+    :func:`policy_loss` of ``kind`` with ratio ``p_w / p_w_old`` (``p_w / p_inf`` when
+    ``bypass``: the engine's log-probs are the old policy); weight ``min(p_w_old / p_inf,
+    tis_cap)`` (detached; verl's token TIS: log-ratio clamped to +-20, truncated from above
+    only); ``loss_mask = norm_mask = response_mask``. All ``(B, T)``. Stats: those of
+    :func:`policy_loss` plus ``tis_mean`` and ``tis_capped_frac`` over response tokens.
     """
     _check_positive("tis_cap", tis_cap)
     _check_same_shape(logp_w=logp_w, logp_w_old=logp_w_old, logp_inf=logp_inf)
     with torch.no_grad():
-        log_ratio = torch.clamp(logp_w_old - logp_inf, -_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)
-        raw = torch.exp(log_ratio)
+        raw = torch.exp(_clamped_log_ratio(logp_w_old, logp_inf))
         tis = raw.clamp(max=tis_cap)
     loss, stats = policy_loss(
         logp_w,
-        logp_w_old,
+        logp_inf if bypass else logp_w_old,
         advantages,
         response_mask,
         response_mask,
         tis,
+        kind=kind,
         clip_eps=clip_eps,
         clip_eps_high=clip_eps_high,
         clip=clip,
+        clip_ratio_c=clip_ratio_c,
         agg=agg,
         max_len=max_len,
         denominator=denominator,

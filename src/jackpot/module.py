@@ -382,6 +382,10 @@ class JackpotModule(L.LightningModule):
                 max_len=state.rollout.params.max_new_tokens,
                 denominators=denominators,
                 rollout_rl=cfg.algo.rollout_rl,
+                kind=cfg.algo.policy_loss,
+                clip_eps_high=cfg.algo.clip_eps_high,
+                clip_ratio_c=cfg.algo.clip_ratio_c,
+                bypass=cfg.algo.bypass_old_logprobs,
             )
             finite = bool(torch.isfinite(loss.total))
             if not finite:  # skip this update; the rest of the minibatch cannot repair it

@@ -374,8 +374,12 @@ def joint_loss(
     max_len: int,
     denominators: tuple[Tensor, Tensor] | None = None,
     rollout_rl: bool = True,
+    kind: str = "ppo",
+    clip_eps_high: float | None = None,
+    clip_ratio_c: float = 3.0,
+    bypass: bool = False,
 ) -> JointLoss:
-    """Policy PPO loss with the sampler's mask/weights, plus rollout-model RL and distillation.
+    """Policy loss with the sampler's mask/weights, plus rollout-model RL and distillation.
 
     ``logits_new`` ``(n, T, V)`` of the policy (with grad); ``logits_w`` of the rollout model
     (with grad) or None when it is frozen. One backward through ``total`` updates both
@@ -383,25 +387,33 @@ def joint_loss(
     minibatch, ``denominators`` = (:func:`~jackpot.losses.loss_denominator` of the minibatch's
     ``sampled.norm_mask``, of its response mask): the micro-batch losses then add up to the
     minibatch's loss, and so do their gradients. ``rollout_rl=False`` trains the rollout model
-    by distillation alone (no PPO term of its own).
+    by distillation alone (no PPO term of its own). ``kind`` is the policy loss of both models
+    (:data:`~jackpot.losses.POLICY_LOSSES`); ``bypass`` makes ``p_inf`` their old policy (the
+    ratio's denominator) in place of ``p_ref`` / ``p_w_old``.
     """
     den_pol, den_roll = (None, None) if denominators is None else denominators
+    options = {
+        "kind": kind,
+        "clip_eps": clip_eps,
+        "clip_eps_high": clip_eps_high,
+        "clip": clip,
+        "clip_ratio_c": clip_ratio_c,
+        "agg": agg,
+        "max_len": max_len,
+    }
     ids = t.response_ids[index]
     resp = t.response_mask[index]
     adv = t.advantages[index]
     logp_new = token_logp(logits_new, ids)
     l_pol, stats = policy_loss(
         logp_new,
-        t.logp_ref[index],
+        t.logp_inf[index] if bypass else t.logp_ref[index],
         adv,
         sampled.mask,
         sampled.norm_mask,
         sampled.weights,
-        clip_eps=clip_eps,
-        clip=clip,
-        agg=agg,  # type: ignore[arg-type]
-        max_len=max_len,
         denominator=den_pol,
+        **options,  # type: ignore[arg-type]
     )
     stats = {f"ppo/{k}": v for k, v in stats.items()}
     total = l_pol
@@ -416,11 +428,9 @@ def joint_loss(
                 adv,
                 resp,
                 tis_cap=rollout_tis_cap,
-                clip_eps=clip_eps,
-                clip=clip,
-                agg=agg,  # type: ignore[arg-type]
-                max_len=max_len,
+                bypass=bypass,
                 denominator=den_roll,
+                **options,  # type: ignore[arg-type]
             )
             total = total + l_roll
             stats.update({f"rollout/{k}": v for k, v in roll_stats.items()})

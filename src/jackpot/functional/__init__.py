@@ -1,17 +1,24 @@
-"""Pure torch math of jackpot: OBRS, budget solvers, top-k Z, baseline weights, estimators.
+"""Pure torch math of jackpot: OBRS, budget solvers, top-k Z, baseline weights, estimators,
+rejection statistics.
 
 Imports torch only (no Lightning, transformers or omegaconf), so it can be used and tested
 alone. Log-probabilities everywhere: natural log, ``-inf`` for zero mass, vocab on the last dim.
 """
 
 from jackpot.functional.estimators import (
+    SEQ_REDUCTIONS,
     effective_sample_size,
+    kl_abs,
     kl_floor,
     kl_k1,
+    kl_k1_plus,
     kl_k2,
     kl_k3,
+    kl_k3_plus,
     kl_k3_reverse,
+    log_perplexity,
     masked_mean,
+    seq_reduce,
 )
 from jackpot.functional.logits import (
     entropy_from_logits,
@@ -39,6 +46,7 @@ from jackpot.functional.obrs import (
     solve_lambda,
     solve_log_lambda,
 )
+from jackpot.functional.rejection import DIVERGENCE_ESTIMATORS, token_divergence
 from jackpot.functional.topk import (
     batch_lambda,
     batch_log_lambda,
@@ -47,19 +55,27 @@ from jackpot.functional.topk import (
     topk_normalizer,
 )
 from jackpot.functional.weights import (
+    chi2_seq,
+    chi2_token,
     geo_mean_log_ratio,
     icepop_mask,
     is_weight,
     log_ratio,
+    mean_normalize,
+    seq_icepop_mask,
     seq_log_ratio,
     tis_weight,
 )
 
 __all__ = [
+    "DIVERGENCE_ESTIMATORS",
+    "SEQ_REDUCTIONS",
     "InfeasibleBudgetError",
     "acceptance_prob",
     "batch_lambda",
     "batch_log_lambda",
+    "chi2_seq",
+    "chi2_token",
     "draw_accept",
     "effective_sample_size",
     "entropy_from_logits",
@@ -68,13 +84,17 @@ __all__ = [
     "icepop_mask",
     "is_weight",
     "kappa",
+    "kl_abs",
     "kl_floor",
     "kl_k1",
+    "kl_k1_plus",
     "kl_k2",
     "kl_k3",
+    "kl_k3_plus",
     "kl_k3_reverse",
     "log_acceptance_prob",
     "log_normalizer",
+    "log_perplexity",
     "log_post_rejection_at",
     "log_proposal_weight",
     "log_ratio",
@@ -82,17 +102,21 @@ __all__ = [
     "masked_mean",
     "max_feasible_budget",
     "max_log_ratio_from_logits",
+    "mean_normalize",
     "normalizer",
     "normalizer_from_logits",
     "obrs_weight",
     "post_rejection",
     "proposal_weight",
     "sampled_logprobs",
+    "seq_icepop_mask",
     "seq_log_ratio",
+    "seq_reduce",
     "solve_lambda",
     "solve_log_lambda",
     "sparse_topk_normalizer",
     "tis_weight",
+    "token_divergence",
     "token_logprobs",
     "topk_logprobs",
     "topk_normalizer",

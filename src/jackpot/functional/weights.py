@@ -3,26 +3,37 @@
 Token level: plain IS ``p_ref/p_inf`` (AReaL), truncated IS ``min(p_ref/p_inf, C)`` (Flash-RL,
 verl ``token_tis``: truncation from above only), IcePop's band mask ``alpha <= ratio <= beta``.
 Sequence level: truncated product of the token ratios (verl's sequence IS weight) and the
-geometric-mean mask (verl's ``seq_mean_k1`` rejection). Log-ratios are clamped to +-20 (verl's
-safety bound) where verl clamps them: the sequence weight sums the raw token log-ratios and
-clamps the sum; the geometric mask clamps each token's log-ratio, then averages.
+geometric-mean mask (verl's ``seq_mean_k1`` rejection), the sequence IcePop band. Batch
+normalisation of a weight to mean 1 (verl's ``rollout_is_batch_normalize``) and the chi-square
+divergences verl reports. Log-ratios are clamped to +-20 (verl's safety bound) where verl
+clamps them: the sequence weight sums the raw token log-ratios and clamps the sum; the
+geometric mask clamps each token's log-ratio, then averages.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
-from jackpot.functional.estimators import LOG_RATIO_CLAMP
+from jackpot.functional.estimators import LOG_RATIO_CLAMP, masked_mean, seq_reduce
 
 __all__ = [
+    "chi2_seq",
+    "chi2_token",
     "geo_mean_log_ratio",
     "icepop_mask",
     "is_weight",
     "log_ratio",
+    "mean_normalize",
+    "seq_icepop_mask",
     "seq_log_ratio",
     "tis_weight",
 ]
+
+# verl leaves weights whose batch mean is below this unnormalised (nothing to rescale).
+_NORMALIZE_MIN_MEAN = 1e-8
 
 
 def _raw_log_ratio(logp_num: Tensor, logp_den: Tensor) -> Tensor:
@@ -86,7 +97,37 @@ def geo_mean_log_ratio(logp_ref: Tensor, logp_inf: Tensor, mask: Tensor) -> Tens
     token, then average, so one extreme token moves the mean by at most ``20 / n``); 0 for an
     empty response. Positions outside ``mask`` are selected away, whatever they hold.
     """
-    on = mask != 0
-    lr = torch.where(on, log_ratio(logp_ref, logp_inf), torch.zeros_like(logp_ref))
-    n = on.sum(-1).clamp(min=1).to(logp_ref.dtype)
-    return lr.sum(-1) / n
+    return seq_reduce(log_ratio(logp_ref, logp_inf), mask, "mean")
+
+
+def seq_icepop_mask(
+    logp_ref: Tensor, logp_inf: Tensor, mask: Tensor, alpha: float, beta: float
+) -> Tensor:
+    """Sequence IcePop: 1 where ``alpha <= prod_t p_ref/p_inf <= beta`` (the clamped
+    :func:`seq_log_ratio`), else 0 -> ``(B,)``."""
+    log_w = seq_log_ratio(logp_ref, logp_inf, mask)
+    return ((log_w >= math.log(alpha)) & (log_w <= math.log(beta))).to(logp_ref.dtype)
+
+
+def mean_normalize(weights: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """``weights / mean`` with ``mean`` their mean over ``mask != 0`` (any shape), and ``mean``.
+
+    verl's ``rollout_is_batch_normalize``: the batch's weights then average exactly 1. A mean
+    below 1e-8 (every weight ~0, or an empty mask) leaves the weights as they are.
+    """
+    mean = masked_mean(weights, mask)
+    ok = mean > _NORMALIZE_MIN_MEAN
+    return weights / torch.where(ok, mean, torch.ones_like(mean)), mean
+
+
+def chi2_token(logp_ref: Tensor, logp_inf: Tensor, mask: Tensor) -> Tensor:
+    """Token chi-square ``E[w_t^2] - 1`` of the (clamped) ratios ``p_ref/p_inf`` over ``mask``
+    -> scalar (verl's ``chi2_token``); 0 when the two policies agree."""
+    return masked_mean(torch.exp(2.0 * log_ratio(logp_ref, logp_inf)), mask) - 1.0
+
+
+def chi2_seq(logp_ref: Tensor, logp_inf: Tensor, mask: Tensor) -> Tensor:
+    """Sequence chi-square ``E[(prod_t w_t)^2] - 1`` over the sequences with a ``mask`` token
+    -> scalar (verl's ``chi2_seq``, which also averages over empty rows)."""
+    log_w = seq_log_ratio(logp_ref, logp_inf, mask)  # (B,), clamped to +-20
+    return masked_mean(torch.exp(2.0 * log_w), (mask != 0).any(-1)) - 1.0

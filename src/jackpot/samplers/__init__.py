@@ -9,6 +9,8 @@ from jackpot.samplers.base import (
     SamplerInput,
     SamplerOutput,
     SamplerParameterError,
+    check_choice,
+    check_flag,
     check_range,
 )
 from jackpot.samplers.registry import ENTRY_POINT_GROUP, available_samplers, get_sampler
@@ -20,6 +22,8 @@ __all__ = [
     "SamplerOutput",
     "SamplerParameterError",
     "available_samplers",
+    "check_choice",
+    "check_flag",
     "check_range",
     "get_sampler",
 ]

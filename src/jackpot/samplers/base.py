@@ -15,9 +15,25 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor
 
-from jackpot.functional import effective_sample_size, kl_k1, kl_k3, masked_mean
+from jackpot.functional import (
+    chi2_seq,
+    chi2_token,
+    effective_sample_size,
+    kl_k1,
+    kl_k3,
+    log_perplexity,
+    masked_mean,
+)
 
-__all__ = ["Sampler", "SamplerInput", "SamplerOutput", "SamplerParameterError", "check_range"]
+__all__ = [
+    "Sampler",
+    "SamplerInput",
+    "SamplerOutput",
+    "SamplerParameterError",
+    "check_choice",
+    "check_flag",
+    "check_range",
+]
 
 PTarget = Literal["ref", "new"]
 
@@ -55,6 +71,25 @@ def check_range(
             f"sampler {sampler!r}: {name}={value!r} is out of range; allowed {name} in {allowed}"
         )
     return v
+
+
+def check_choice(sampler: str, name: str, value: str, allowed: tuple[str, ...]) -> str:
+    """Return ``value``, or raise naming the parameter, the value and the allowed choices."""
+    if value not in allowed:
+        raise SamplerParameterError(
+            f"sampler {sampler!r}: {name}={value!r} is not allowed; choose one of {list(allowed)}"
+        )
+    return value
+
+
+def check_flag(sampler: str, name: str, value: bool) -> bool:
+    """Return ``value`` if it is a bool, else raise naming the parameter (``1`` is not ``True``)."""
+    if not isinstance(value, bool):
+        raise SamplerParameterError(
+            f"sampler {sampler!r}: {name}={value!r} is a {type(value).__name__}; "
+            "allowed: true, false"
+        )
+    return value
 
 
 @dataclass
@@ -159,6 +194,7 @@ class Sampler(ABC):
                 "mismatch/kl_k3": masked_mean(
                     kl_k3(batch.logp_inf, batch.logp_target), batch.response_mask
                 ),
+                **_offpolicy_metrics(batch),
             }
             metrics.update({k: v.detach() for k, v in out.metrics.items()})
         return SamplerOutput(mask, weights, out.norm_mask.to(mask.dtype).detach(), metrics)
@@ -178,3 +214,18 @@ class Sampler(ABC):
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
         return f"{type(self).__name__}({params})"
+
+
+def _offpolicy_metrics(batch: SamplerInput) -> dict[str, Tensor]:
+    """verl's off-policy diagnostics of ``p_target`` against ``p_inf``: the policy's
+    perplexity (mean over sequences of the per-sequence one, and of its log) and the
+    chi-square divergences of the token and sequence ratios."""
+    mask = batch.response_mask
+    rows = (mask != 0).any(-1)
+    log_ppl = log_perplexity(batch.logp_target, mask)  # (B,)
+    return {
+        "mismatch/training_ppl": masked_mean(log_ppl.exp(), rows),
+        "mismatch/training_log_ppl": masked_mean(log_ppl, rows),
+        "mismatch/chi2_token": chi2_token(batch.logp_target, batch.logp_inf, mask),
+        "mismatch/chi2_seq": chi2_seq(batch.logp_target, batch.logp_inf, mask),
+    }
