@@ -62,7 +62,7 @@ from jackpot.step import (
     token_logp,
 )
 from jackpot.tasks.synthetic import Example
-from jackpot.training.sharding import clip_grad_norm
+from jackpot.training.sharding import clip_grad_norm, is_sharded, shard_models
 
 __all__ = ["JackpotModule", "NonFiniteError"]
 
@@ -190,6 +190,15 @@ class JackpotModule(L.LightningModule):
     def train_dataloader(self) -> DataLoader:
         """One placeholder item per epoch: the prompts of RL step ``s`` are chosen from ``s``."""
         return DataLoader(cast(Any, [0]), batch_size=1)
+
+    def configure_model(self) -> None:
+        """Under ``trainer.strategy=fsdp``, shard both models layer by layer (FSDP2), once."""
+        if self.cfg.trainer.strategy == "fsdp" and not is_sharded(self.policy):
+            shard_models(
+                [self.policy, self.rollout_model],
+                self.device_mesh["data_parallel"],
+                self.cfg.trainer.precision,
+            )
 
     def configure_optimizers(self) -> Any:
         """AdamW + linear warm-up for the policy, and for the rollout model when it trains."""
@@ -630,9 +639,8 @@ class JackpotModule(L.LightningModule):
         """Clip and step every optimiser on the accumulated gradient, or skip a bad update."""
         ok = finite
         if ok:
-            reduce = self._shard_sum()
             norms = [
-                clip_grad_norm(model.parameters(), oc.grad_clip, reduce)
+                clip_grad_norm(model.parameters(), oc.grad_clip)
                 for model, oc in self._trained_models()
             ]
             for (model, _), norm in zip(self._trained_models(), norms, strict=True):
@@ -654,15 +662,6 @@ class JackpotModule(L.LightningModule):
                 f"{self.nonfinite_streak} consecutive updates had a non-finite loss or gradient "
                 f"(algo.max_nonfinite_skips={self.cfg.algo.max_nonfinite_skips}); stopping"
             )
-
-    def _shard_sum(self) -> Callable[[Tensor], Tensor] | None:
-        """Sum over ranks when each holds a shard of the gradients (FSDP), else None."""
-        from lightning.pytorch.strategies import FSDPStrategy
-
-        strategy = self.trainer.strategy
-        if not isinstance(strategy, FSDPStrategy):
-            return None
-        return lambda t: cast(Tensor, strategy.reduce(t, reduce_op="sum"))
 
     def _trained_models(self) -> list[tuple[nn.Module, Any]]:
         out = [(self.policy, self.cfg.policy_optim)]
@@ -698,7 +697,7 @@ class JackpotModule(L.LightningModule):
             self.tracker.update({"distill/coef": self._distill_coef()})
         if self.cfg.trainer.eval_every and (step + 1) % self.cfg.trainer.eval_every == 0:
             self.tracker.update(self.evaluate(step))
-        if self.trainer.world_size > 1:
+        if self.trainer.world_size > 1 and not is_sharded(self.policy):  # replicas only
             self.tracker.update({"dist/param_divergence": self._param_divergence()})
         values = self.tracker.compute()
         now = time.perf_counter()
@@ -721,13 +720,20 @@ class JackpotModule(L.LightningModule):
 
     @torch.no_grad()
     def evaluate(self, step: int) -> dict[str, Tensor]:
-        """mean@k and pass@k of the policy on this rank's share of the held-out prompts."""
-        examples = self.eval_examples[self.global_rank :: self.trainer.world_size]
-        batch = self._generate(
-            self._engine(policy=True), examples, self.cfg.trainer.eval_samples, step, stream=2
-        )
+        """mean@k and pass@k of the policy on this rank's share of the held-out prompts.
+
+        A sharded policy's forward takes part in every rank's all-gathers, so each rank decodes
+        as many prompts: a short share repeats its last prompt, left out of the metrics.
+        """
+        world, k = self.trainer.world_size, self.cfg.trainer.eval_samples
+        share = self.eval_examples[self.global_rank :: world]
+        examples = list(share)
+        if is_sharded(self.policy):
+            examples += share[-1:] * (math.ceil(len(self.eval_examples) / world) - len(share))
+        batch = self._generate(self._engine(policy=True), examples, k, step, stream=2)
         rewards = torch.as_tensor(
             self.reward_fn(batch.prompts or [], self._decode(batch), batch.answers or [])
         )
-        mean_k, pass_k = mean_and_pass_at_k(rewards, batch.group_ids.cpu())
+        kept = len(share) * k
+        mean_k, pass_k = mean_and_pass_at_k(rewards[:kept], batch.group_ids[:kept].cpu())
         return {"eval/accuracy": mean_k, "eval/pass_at_k": pass_k}

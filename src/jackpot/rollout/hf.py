@@ -21,6 +21,7 @@ from jackpot.rollout.batch import RolloutBatch, left_pad
 from jackpot.rollout.decode import Decode, start_decode
 from jackpot.rollout.engine import RolloutEngine, SamplingParams
 from jackpot.rollout.sampling import sample_tokens, sampling_logprobs, topk_with_sampled
+from jackpot.training.sharding import is_sharded
 
 __all__ = ["HFRolloutEngine"]
 
@@ -155,14 +156,23 @@ class HFRolloutEngine(RolloutEngine):
             if (t + 1) % every == 0:
                 live = ~done[rows]
                 n_live = int(live.sum())
-                if n_live == 0:
+                if self._all_stopped(n_live):
                     break
-                if 8 * (len(rows) - n_live) >= len(rows):
+                if n_live and 8 * (len(rows) - n_live) >= len(rows):
                     keep = live.nonzero().squeeze(-1)
                     decode.select(keep)
                     rows = rows[keep]
             decode.step(fed[rows], t)
         return self._records(tokens, token_logp, topk, stop_ids)
+
+    def _all_stopped(self, n_live: int) -> bool:
+        """Whether no row is live, on any rank when the model is sharded: every rank's forward
+        takes part in the others' all-gathers, so all decode until the last row stops."""
+        if not is_sharded(self.model):
+            return n_live == 0
+        live = torch.tensor([n_live], device=self.model.device)
+        torch.distributed.all_reduce(live, op=torch.distributed.ReduceOp.MAX)
+        return int(live) == 0
 
     def _records(
         self,
