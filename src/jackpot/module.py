@@ -549,8 +549,19 @@ class JackpotModule(L.LightningModule):
         return self._generate(self._engine(), examples, cfg.rollout.group_size, step, stream=0)
 
     def _generate(
-        self, engine: RolloutEngine, examples: list[Example], group: int, step: int, stream: int
+        self,
+        engine: RolloutEngine,
+        examples: list[Example],
+        group: int,
+        step: int,
+        stream: int,
+        calls_for: int = 0,
     ) -> RolloutBatch:
+        """Roll out ``group`` responses per example, ``generation_batch_size`` rows per call.
+
+        ``calls_for``: make at least as many engine calls as this many examples would (a sharded
+        model's ranks must decode in step); the extra calls' rollouts come last and are dropped.
+        """
         gen = seeded_generator(self.cfg.run.seed, step, self.global_rank, stream, self.device)
         ids = [self.tokenizer.encode(e.prompt) for e in examples]
         limit = self.cfg.rollout.generation_batch_size
@@ -559,6 +570,9 @@ class JackpotModule(L.LightningModule):
             engine.generate(ids[i : i + per_call], group, self.sampling, gen)
             for i in range(0, len(ids), per_call)
         ]
+        extra = 0 if limit is None else math.ceil(calls_for / per_call) - len(chunks)
+        for _ in range(extra):
+            engine.generate(ids[-1:], group, self.sampling, gen)
         batch = chunks[0] if len(chunks) == 1 else concat_rollouts(chunks)
         return batch.with_texts(
             prompts=[e.prompt for e in examples for _ in range(group)],
@@ -722,18 +736,22 @@ class JackpotModule(L.LightningModule):
     def evaluate(self, step: int) -> dict[str, Tensor]:
         """mean@k and pass@k of the policy on this rank's share of the held-out prompts.
 
-        A sharded policy's forward takes part in every rank's all-gathers, so each rank decodes
-        as many prompts: a short share repeats its last prompt, left out of the metrics.
+        A sharded policy's forward takes part in every rank's all-gathers, so a rank with a
+        short share makes as many engine calls as the longest share needs.
         """
-        world, k = self.trainer.world_size, self.cfg.trainer.eval_samples
-        share = self.eval_examples[self.global_rank :: world]
-        examples = list(share)
-        if is_sharded(self.policy):
-            examples += share[-1:] * (math.ceil(len(self.eval_examples) / world) - len(share))
-        batch = self._generate(self._engine(policy=True), examples, k, step, stream=2)
+        world = self.trainer.world_size
+        examples = self.eval_examples[self.global_rank :: world]
+        longest = math.ceil(len(self.eval_examples) / world) if is_sharded(self.policy) else 0
+        batch = self._generate(
+            self._engine(policy=True),
+            examples,
+            self.cfg.trainer.eval_samples,
+            step,
+            stream=2,
+            calls_for=longest,
+        )
         rewards = torch.as_tensor(
             self.reward_fn(batch.prompts or [], self._decode(batch), batch.answers or [])
         )
-        kept = len(share) * k
-        mean_k, pass_k = mean_and_pass_at_k(rewards[:kept], batch.group_ids[:kept].cpu())
+        mean_k, pass_k = mean_and_pass_at_k(rewards, batch.group_ids.cpu())
         return {"eval/accuracy": mean_k, "eval/pass_at_k": pass_k}
