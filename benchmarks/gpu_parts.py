@@ -502,9 +502,7 @@ def fsdp_check(
             _check("a full-state checkpoint after the first run", saved, saved, True),
             _check("every RL step logged", len(rows) == steps + 1, len(rows), steps + 1),
             _check("every loss finite (" + ", ".join(loss_keys) + ")", finite, None, None),
-            _check(
-                "no update skipped", all(x == 0 for x in skipped) and bool(rows), skipped, 0
-            ),
+            _check("no update skipped", all(x == 0 for x in skipped) and bool(rows), skipped, 0),
             _check("the resumed run keeps the first run's steps", kept, kept, True),
         ],
     }

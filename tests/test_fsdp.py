@@ -47,6 +47,8 @@ def _args(run_dir: Path, cache: Path, strategy: str, steps: int) -> list[str]:
         f"trainer.strategy={strategy}",
         "task.num_eval=7",
         "rollout.generation_batch_size=2",
+        "policy.gradient_checkpointing=true",  # as the paper's config: it composes with fsdp
+        "rollout_model.gradient_checkpointing=true",
     ]
 
 

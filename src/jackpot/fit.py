@@ -326,7 +326,7 @@ def _quiet_lightning() -> None:
     )
 
 
-def _strategy(cfg: Any) -> tuple[Any, str]:
+def _strategy(cfg: Any) -> tuple[Any, Any]:
     """The Trainer's strategy and precision: ``fsdp`` is FSDP2 over every process (the module
     shards both models in ``configure_model``; ``bf16-mixed`` is FSDP2's own policy)."""
     if cfg.trainer.strategy != "fsdp":

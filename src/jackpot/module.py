@@ -196,7 +196,7 @@ class JackpotModule(L.LightningModule):
         if self.cfg.trainer.strategy == "fsdp" and not is_sharded(self.policy):
             shard_models(
                 [self.policy, self.rollout_model],
-                self.device_mesh["data_parallel"],
+                cast(Any, self.device_mesh)["data_parallel"],  # set by the strategy
                 self.cfg.trainer.precision,
             )
 
