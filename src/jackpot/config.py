@@ -172,8 +172,8 @@ class RolloutConfig:
     lean_decode: bool = True
     """``engine=hf``: decode Llama-family models (Llama, Qwen2, Qwen3) with jackpot's own
     step over the model's modules and a preallocated KV cache (the same values as the
-    model's forward, a fraction of its per-token overhead); false, or any other model, runs
-    the model's forward per token."""
+    model's forward, a fraction of its per-token overhead); false, any other model, or a
+    sharded one (``trainer.strategy=fsdp``) runs the model's forward per token."""
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
     """Options of the vLLM engine; ignored when ``engine=hf``."""
 
@@ -339,7 +339,7 @@ class TrainerConfig:
     remove_padding: bool = True
     """Score and train Llama-family models (Llama, Qwen2, Qwen3) over their real tokens only:
     the projections and MLP skip the padding of a batch, the output layer runs only where a
-    response token is predicted (the same values as the model's forward). False, FSDP,
+    response token is predicted (the same values as the model's forward). False, FSDP2,
     DeepSpeed ZeRO-3, sliding-window attention, attention dropout or another architecture
     use the model's forward."""
     max_full_logits_gb: float = 4.0

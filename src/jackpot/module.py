@@ -396,7 +396,10 @@ class JackpotModule(L.LightningModule):
                 clip_ratio_c=cfg.algo.clip_ratio_c,
                 bypass=cfg.algo.bypass_old_logprobs,
             )
-            finite = bool(torch.isfinite(loss.total))
+            # Agreed by every rank: a backward's gradient collectives need all of them.
+            finite = self.trainer.strategy.reduce_boolean_decision(
+                bool(torch.isfinite(loss.total)), all=True
+            )
             if not finite:  # skip this update; the rest of the minibatch cannot repair it
                 break
             self.manual_backward(loss.total)

@@ -1,5 +1,6 @@
-"""``trainer.strategy=fsdp`` (FSDP2) on two CPU processes, each run a ``python -m jackpot.fit``
-subprocess: the same RL steps as ddp, and a killed run resumes to the uninterrupted metrics."""
+"""Two CPU processes, each run a ``python -m jackpot.fit`` subprocess: ddp keeps identical
+replicas, ``trainer.strategy=fsdp`` (FSDP2) gives the same RL steps as ddp, and a killed
+sharded run resumes to the uninterrupted run's metrics."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
-from jackpot.training.checkpoints import latest_valid_checkpoint
+from jackpot.training.checkpoints import latest_valid_checkpoint, load_checkpoint_file
 from jackpot.training.csv_logger import read_metrics
 
 from .conftest import DEFAULT_CONFIG, ROOT, tiny_overrides
@@ -67,13 +69,14 @@ def fsdp_rows(tmp_path_factory: pytest.TempPathFactory, warmstart_cache: Path) -
 
 
 @pytest.mark.slow
-def test_fsdp_gives_the_losses_and_rewards_of_ddp(
+def test_fsdp_gives_the_losses_and_rewards_of_ddp_replicas(
     fsdp_rows: list[dict[str, float]], tmp_path: Path, warmstart_cache: Path
 ) -> None:
     """Only the reduction order differs (reduce-scatter of shards vs all-reduce of replicas;
     the model's forward under fsdp vs jackpot's lean decode and unpadded forward under ddp):
     measured 4e-6 at most over 5 steps of the default config."""
     ddp_rows = _fit(_args(tmp_path / "ddp", warmstart_cache, "ddp", STEPS))
+    assert all(r["dist/param_divergence"] == 0.0 for r in ddp_rows)  # the replicas agree
     assert [r["step"] for r in fsdp_rows] == [float(s) for s in range(STEPS)]
     assert all("dist/param_divergence" not in r for r in fsdp_rows)  # no replicas to compare
     for ref, got in zip(ddp_rows, fsdp_rows, strict=True):
@@ -110,3 +113,13 @@ def test_killed_fsdp_run_resumes_to_the_uninterrupted_metrics(
     for ref, got in zip(fsdp_rows, resumed, strict=True):
         for key in COMPARED:
             assert got[key] == pytest.approx(ref[key], rel=1e-6, abs=1e-9), (ref["step"], key)
+    # A full state dict: whole tensors, and each optimiser's state holds its own model's.
+    state = load_checkpoint_file(ckpt_dir / f"step-{STEPS:06d}.ckpt")
+    weights = state["state_dict"]
+    assert weights["policy.model.embed_tokens.weight"].shape[1] == 32  # policy.hidden_size
+    assert all(type(t) is torch.Tensor for t in weights.values())
+    policy_ids, rollout_ids = (
+        {i for g in o["param_groups"] for i in g["params"]} for o in state["optimizer_states"]
+    )
+    assert policy_ids and rollout_ids and not policy_ids & rollout_ids
+    assert [set(o["state"]) for o in state["optimizer_states"]] == [policy_ids, rollout_ids]
