@@ -90,6 +90,10 @@ BAD = [
         "takes one optimiser and algo.train_rollout=true trains two; choose trainer.strategy=fsdp",
     ),
     (
+        ["trainer.strategy=deepspeed", "trainer.accelerator=gpu", "algo.mode=on_policy"],
+        "needs the deepspeed package|no GPU is visible",  # whichever this machine lacks
+    ),
+    (
         ["trainer.strategy=fsdp", "trainer.precision=16-mixed"],
         "trainer.precision='16-mixed' is not allowed with trainer.strategy=fsdp; choose one of",
     ),

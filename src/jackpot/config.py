@@ -762,10 +762,18 @@ def _validate_reward(name: str) -> None:
 
 
 def _validate_devices(trainer: TrainerConfig) -> None:
-    """More devices than exist is an error now, not an hour into a queue."""
+    """More devices than exist, or a strategy whose package is missing, is an error now, not
+    an hour into a queue."""
+    import importlib.util
     import os
 
     import torch
+
+    if trainer.strategy.startswith("deepspeed") and importlib.util.find_spec("deepspeed") is None:
+        raise ConfigError(
+            f"trainer.strategy={trainer.strategy!r} needs the deepspeed package "
+            "(pip install deepspeed), or choose trainer.strategy=fsdp"
+        )
 
     if trainer.accelerator in ("gpu", "cuda"):
         available = torch.cuda.device_count()
