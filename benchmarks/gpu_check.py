@@ -1,6 +1,6 @@
 """``python -m benchmarks.gpu_check --out DIR [--dry-run]``: the whole GPU check in one command.
 
-Five parts, each in fresh subprocesses under its own time limit; each part's result goes to
+Six parts, each in fresh subprocesses under its own time limit; each part's result goes to
 ``DIR/partN_<name>.json`` and ``DIR/summary.md`` the moment it exists, so a run cut short
 still reports what finished:
 
@@ -14,7 +14,9 @@ still reports what finished:
    policy (Qwen2.5-0.5B's width and depth) and a 4.3x smaller rollout model, vocabulary
    151,936, 512 new tokens; step time, rollout share, ratio (as ``docs/results/bench.md``);
 5. the same with ``rollout.engine=vllm`` and its weight-sync time, when vLLM is installed
-   and the config has that key (skipped with the reason otherwise).
+   and the config has that key (skipped with the reason otherwise);
+6. part 3's run under ``trainer.strategy=fsdp`` (FSDP2, both models sharded layer by layer
+   on a one-GPU mesh), then resumed from its full-state checkpoint for one more step.
 
 ``--dry-run`` runs every part at tiny sizes on CPU (the CI test does): it prints each part's
 time, and the summary holds the GPU estimate. Models, tokenizer and task are built locally
@@ -284,19 +286,40 @@ def _vllm_speed(ctx: Context, limit: float, save: Callable[[dict[str, Any]], Non
     return _speed(ctx, limit, save, ["rollout.engine=vllm", *ctx.sizes["vllm"]])
 
 
+def _fsdp(ctx: Context, limit: float, save: Callable[[dict[str, Any]], None]) -> Any:
+    overrides = [
+        *ctx.run_overrides(),
+        *MODES["decoupled"],
+        "policy.gradient_checkpointing=true",
+        "rollout_model.gradient_checkpointing=true",
+        *e2e.COMMON,
+    ]
+    kwargs = {
+        "work": str(ctx.work),
+        "assets": ctx.sizes["assets"],
+        "overrides": overrides,
+        "steps": ctx.sizes["fit_steps"],
+        "device": ctx.sizes["device"],
+    }
+    return ctx.worker("fsdp_check", kwargs, limit)
+
+
 PARTS: tuple[Part, ...] = (
     Part(1, "env", "Environment", 90, 15, _environment),
     Part(2, "correctness", "Correctness on the device", 150, 45, _correctness),
     Part(3, "fit", "Short bf16-mixed fit (decoupled, top-k OBRS)", 180, 60, _fit),
     Part(4, "speedup", "Decoupled speed-up, transformers engine", 300, 110, _hf_speed),
     Part(5, "vllm", "Decoupled speed-up, vLLM engine", 240, 150, _vllm_speed),
+    Part(6, "fsdp", "FSDP2 on one GPU: fit, then resume", 180, 60, _fsdp),
 )
 """The parts in run order. GPU estimates, reasoned from the sizes (not measured): ~10 s to import
 torch, transformers and Lightning per process; part 2 is mostly float64 work on CPU; part 3
 builds the models (~15 s), then 3 steps and a 6.5 GB final checkpoint; part 4 decodes 512
 tokens at ~10 ms per token through the policy's 24 layers (~5 s per on-policy rollout, about
 a quarter of that through the rollout model's 6) plus ~2 s of training per step, 4 steps;
-part 5 adds two vLLM engine start-ups with CUDA-graph capture."""
+part 5 adds two vLLM engine start-ups with CUDA-graph capture; part 6 is part 3's run under
+``trainer.strategy=fsdp`` (both models built and sharded, two final checkpoints) plus a
+resumed step."""
 
 
 # ----------------------------------------------------------------------------- running
@@ -471,6 +494,20 @@ def _fit_md(res: dict[str, Any]) -> list[str]:
     ]
 
 
+def _fsdp_md(res: dict[str, Any]) -> list[str]:
+    peak = res.get("peak_mem_gib")
+    return [
+        f"`{res['command']}` (then `--resume` for one more step)",
+        "",
+        f"- {res['steps']} RL steps in {res['wall_s']:.0f} s, exit codes {res['rc']}",
+        f"- losses {', '.join(f'{k} {_fmt(v)}' for k, v in res['losses'].items())}",
+        f"- policy gradient norm {_fmt(res['grad_norm_policy'])}; step time "
+        f"{_fmt(res['step_s'])} s",
+        f"- peak GPU memory: {_fmt(peak)} GiB"
+        + ("" if peak is not None else " (CPU run: not measured)"),
+    ]
+
+
 def _speed_md(res: dict[str, Any]) -> list[str]:
     modes = res.get("modes", {})
     rows = [
@@ -520,6 +557,7 @@ SECTIONS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "fit": _fit_md,
     "speedup": _speed_md,
     "vllm": _speed_md,
+    "fsdp": _fsdp_md,
 }
 """Part key -> Markdown lines of its result."""
 
@@ -595,7 +633,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--budget-s", type=float, help="wall-clock budget of all parts (GPU default 420)"
     )
-    p.add_argument("--parts", default="1,2,3,4,5", help="comma-separated part numbers to run")
+    p.add_argument("--parts", default="1,2,3,4,5,6", help="comma-separated part numbers to run")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     budget = args.budget_s or (math.inf if args.dry_run else GPU_BUDGET_S)

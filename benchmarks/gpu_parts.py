@@ -456,6 +456,58 @@ def fit_check(
     }
 
 
+# ----------------------------------------------------------------------------- part 6
+
+
+def fsdp_check(
+    work: str, assets: dict[str, Any], overrides: list[str], steps: int, device: str
+) -> dict[str, Any]:
+    """Part 6: ``trainer.strategy=fsdp`` (FSDP2) on one device for ``steps`` RL steps, then a
+    resume from its checkpoint for one more; the resumed run keeps the first run's history."""
+    from jackpot.fit import main
+    from jackpot.training.csv_logger import read_metrics
+
+    built = _assets(work, assets)
+    run_dir = Path(work) / "fsdp"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    argv = [
+        "--config",
+        str(e2e.CONFIG),
+        *fit_overrides(built),
+        *overrides,
+        "trainer.strategy=fsdp",
+        f"run.dir={run_dir}",
+    ]
+    start = time.perf_counter()
+    rc = main([*argv, f"trainer.max_steps={steps}"])
+    first = read_metrics(run_dir / "metrics.csv")
+    saved = (run_dir / "checkpoints" / f"step-{steps:06d}.ckpt").is_file()
+    rc_resume = main([*argv, f"trainer.max_steps={steps + 1}", "--resume"])
+    wall = time.perf_counter() - start
+    rows = read_metrics(run_dir / "metrics.csv")
+    finite, loss_keys = _finite_losses(rows)
+    skipped = [r.get("train/skipped_updates", math.nan) for r in rows]
+    kept = [r.get("reward/mean") for r in rows[:steps]] == [r.get("reward/mean") for r in first]
+    return {
+        "command": "python -m jackpot.fit " + " ".join(argv),
+        "rc": [rc, rc_resume],
+        "wall_s": wall,
+        "steps": len(rows),
+        "losses": {k: [r.get(k, math.nan) for r in rows] for k in loss_keys},
+        "grad_norm_policy": [r.get("grad_norm/policy", math.nan) for r in rows],
+        "step_s": [r.get("perf/step_s", math.nan) for r in rows],
+        "peak_mem_gib": _peak_mem_gib(_device(device)),
+        "checks": [
+            _check("fit and resume exit with code 0", rc == rc_resume == 0, [rc, rc_resume], 0),
+            _check("a full-state checkpoint after the first run", saved, saved, True),
+            _check("every RL step logged", len(rows) == steps + 1, len(rows), steps + 1),
+            _check("every loss finite (" + ", ".join(loss_keys) + ")", finite, None, None),
+            _check("no update skipped", all(x == 0 for x in skipped) and bool(rows), skipped, 0),
+            _check("the resumed run keeps the first run's steps", kept, kept, True),
+        ],
+    }
+
+
 # ----------------------------------------------------------------------------- parts 4 and 5
 
 

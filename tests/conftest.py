@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,6 +28,18 @@ def attention_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPat
     if request.param == "sdpa":
         monkeypatch.setattr(jackpot.llama, "EXPLICIT_ATTENTION_KEYS", 0)
     return str(request.param)
+
+
+@pytest.fixture
+def cpu_mesh(tmp_path: Path) -> Iterator[Any]:
+    """A one-process gloo group and its CPU device mesh, for ``fully_shard`` in this process."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
+    try:
+        yield dist.device_mesh.init_device_mesh("cpu", (1,))
+    finally:
+        dist.destroy_process_group()
 
 
 def tiny_overrides(run_dir: Path, cache_dir: Path, steps: int = 2) -> list[str]:

@@ -81,6 +81,27 @@ BAD = [
     (["task.name=nope"], "task.name='nope' is not allowed"),
     (["trainer.strategy=magic"], "trainer.strategy='magic' is not allowed"),
     (
+        ["trainer.strategy=fsdp_cpu_offload"],
+        r"trainer.strategy='fsdp_cpu_offload' \(FSDP1\) is not allowed; trainer.strategy=fsdp",
+    ),
+    (["trainer.strategy=deepspeed"], "strategy='deepspeed' needs trainer.accelerator='gpu'"),
+    (
+        ["trainer.strategy=deepspeed_stage_3", "trainer.accelerator=gpu", "algo.mode=decoupled"],
+        "takes one optimiser and algo.train_rollout=true trains two; choose trainer.strategy=fsdp",
+    ),
+    (
+        ["trainer.strategy=deepspeed", "trainer.accelerator=gpu", "algo.mode=on_policy"],
+        "needs the deepspeed package|no GPU is visible",  # whichever this machine lacks
+    ),
+    (
+        ["trainer.strategy=fsdp", "trainer.precision=16-mixed"],
+        "trainer.precision='16-mixed' is not allowed with trainer.strategy=fsdp; choose one of",
+    ),
+    (
+        ["trainer.strategy=fsdp", "rollout.files=/nope/*.safetensors"],
+        "rollout.files is not allowed with trainer.strategy=fsdp",
+    ),
+    (
         ["trainer.max_steps=-3"],
         r"trainer.max_steps=-3 is out of range; allowed trainer.max_steps in \[1, inf\)",
     ),

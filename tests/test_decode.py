@@ -121,6 +121,26 @@ def test_models_the_lean_step_cannot_reproduce_use_the_forward() -> None:
     assert "ZeRO-3" in str(own_forward_refusal(partitioned))
 
 
+def test_a_sharded_model_is_refused_and_decodes_through_its_forward(cpu_mesh: Any) -> None:
+    """FSDP2 (``fully_shard``, here on a one-process gloo group) leaves DTensor shards that only
+    the model's forward gathers: the lean step and the unpadded forward refuse the model, and
+    decoding it through the forward gives the unsharded model's logits."""
+    from jackpot.llama import unpadded_refusal
+    from jackpot.training.sharding import shard_models
+
+    model = _model("qwen2").eval()
+    ids, mask = left_pad(PROMPTS, 0)
+    with torch.no_grad():
+        expected = start_decode(model, ids, mask, 2, 3).logits
+    shard_models([model], cpu_mesh, "32-true")
+    assert "sharded (FSDP2)" in str(own_forward_refusal(model))
+    assert "sharded (FSDP2)" in str(unpadded_refusal(model))
+    with torch.no_grad():
+        decode = start_decode(model, ids, mask, 2, 3)
+    assert isinstance(decode, TransformersDecode)
+    torch.testing.assert_close(decode.logits, expected, atol=1e-10, rtol=0)
+
+
 def test_engine_on_a_refused_model_still_records_its_distribution() -> None:
     """GPT-2 rolls out through the forward path; its records match a fresh forward."""
     torch.manual_seed(0)

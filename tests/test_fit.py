@@ -151,23 +151,6 @@ def test_checkpoints_refuse_pickled_code(tmp_path: Path) -> None:
         load_checkpoint_file(evil)
 
 
-@pytest.mark.slow
-def test_two_cpu_processes_keep_identical_parameters(tmp_path: Path, warmstart_cache: Path) -> None:
-    args = [
-        "--config",
-        str(DEFAULT_CONFIG),
-        *tiny_overrides(tmp_path / "ddp", warmstart_cache, steps=3),
-        "trainer.devices=2",
-        "trainer.strategy=ddp",
-        "trainer.eval_every=0",
-    ]
-    out = _cli(*args, timeout=400)
-    assert out.returncode == 0, out.stderr[-3000:]
-    rows = read_metrics(tmp_path / "ddp" / "metrics.csv")
-    assert len(rows) == 3
-    assert all(r["dist/param_divergence"] == 0.0 for r in rows)
-
-
 def test_cli_bad_config_exits_2_without_traceback_and_writes_nothing(tmp_path: Path) -> None:
     run_dir = tmp_path / "never"
     args = ("--config", str(DEFAULT_CONFIG), f"run.dir={run_dir}", "sampler.lam=1.0")

@@ -33,13 +33,14 @@ def _saved(ctx: Context, part: Part) -> dict[str, Any]:
 
 @pytest.mark.slow
 def test_dry_run_runs_every_part_and_reports_it(tmp_path: Path) -> None:
-    """Parts 1-4 pass at tiny sizes on CPU; part 5 runs or says why not; times are reported."""
+    """Parts 1-4 and 6 pass at tiny sizes on CPU; part 5 runs or says why not; times are
+    reported."""
     out = tmp_path / "out"
     assert main(["--dry-run", "--out", str(out), "--work", str(tmp_path / "work")]) == 0
     records = {
         p.number: json.loads(next(out.glob(f"part{p.number}_*.json")).read_text()) for p in PARTS
     }
-    for number in (1, 2, 3, 4):
+    for number in (1, 2, 3, 4, 6):
         assert records[number]["status"] == "pass", records[number]
         assert records[number]["elapsed_s"] > 0
     reason = vllm_skip_reason()
@@ -48,6 +49,7 @@ def test_dry_run_runs_every_part_and_reports_it(tmp_path: Path) -> None:
     fit = records[3]["result"]
     assert fit["steps"] == gpu_check.DRY["fit_steps"]
     assert all(abs(p - gpu_check.BUDGET) <= 1e-3 for p in fit["accept_prob_mean"])
+    assert records[6]["result"]["steps"] == gpu_check.DRY["fit_steps"] + 1  # fit, then resume
     speed = records[4]["result"]
     assert speed["speedup"] > 0 and 0 < speed["modes"]["on_policy"]["rollout_share"] < 1
     summary = (out / "summary.md").read_text()

@@ -6,6 +6,7 @@ The vLLM engine itself is tested in ``tests_vllm`` (``nox -s vllm``); this venv 
 from __future__ import annotations
 
 import importlib.util
+from typing import Any
 
 import pytest
 import torch
@@ -27,6 +28,31 @@ def test_the_default_engine_is_the_transformers_loop(model: torch.nn.Module, tmp
     engine = build_engine(RolloutConfig(), model, pad_token_id=0, work_dir=tmp_path / "engine")
     assert isinstance(engine, HFRolloutEngine) and engine.model is model
     assert not (tmp_path / "engine").exists()
+
+
+def test_vllm_sync_hands_over_whole_tensors_of_a_sharded_model(cpu_mesh: Any) -> None:
+    """An FSDP2 model's DTensor shards are gathered before vLLM's reload sees them."""
+    from jackpot.rollout.vllm import VLLMRolloutEngine
+    from jackpot.training.sharding import shard_models
+
+    class FakeLLM:
+        def collective_rpc(self, method: str, kwargs: dict[str, Any]) -> None:
+            self.weights = dict(kwargs["weights_iterator"])
+
+        def reset_prefix_cache(self) -> None:
+            pass
+
+    sharded = build_model(ModelSpec(vocab_size=12, hidden_size=32, num_layers=1, num_heads=2))
+    expected = {k: v.clone() for k, v in sharded.state_dict().items()}
+    shard_models([sharded], cpu_mesh, "32-true")
+    engine = object.__new__(VLLMRolloutEngine)  # no vLLM here: only its weight hand-over
+    engine.llm = FakeLLM()
+    engine.sync_weights(sharded)
+    got = engine.llm.weights
+    assert got.keys() == expected.keys()
+    for name, tensor in got.items():
+        assert type(tensor) is torch.Tensor, name
+        torch.testing.assert_close(tensor, expected[name], rtol=0, atol=0)
 
 
 def test_hf_sync_is_a_no_op_for_its_own_model_only(model: torch.nn.Module) -> None:

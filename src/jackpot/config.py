@@ -172,8 +172,8 @@ class RolloutConfig:
     lean_decode: bool = True
     """``engine=hf``: decode Llama-family models (Llama, Qwen2, Qwen3) with jackpot's own
     step over the model's modules and a preallocated KV cache (the same values as the
-    model's forward, a fraction of its per-token overhead); false, or any other model, runs
-    the model's forward per token."""
+    model's forward, a fraction of its per-token overhead); false, any other model, or a
+    sharded one (``trainer.strategy=fsdp``) runs the model's forward per token."""
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
     """Options of the vLLM engine; ignored when ``engine=hf``."""
 
@@ -309,7 +309,8 @@ class TrainerConfig:
     """Nodes (machines); a run has ``num_nodes x devices`` processes (launched by torchrun or
     SLURM on each node)."""
     strategy: str = "auto"
-    """``auto``, ``ddp``, ``ddp_spawn``, ``fsdp``, ``deepspeed`` (and Lightning's variants)."""
+    """``auto``, ``ddp`` (and Lightning's ddp variants), ``fsdp`` (FSDP2: both models sharded
+    layer by layer, CPU or GPU), ``deepspeed`` (GPU, one optimiser)."""
     precision: str = "32-true"
     """``32-true``, ``bf16-mixed``, ``bf16-true``, ``16-mixed``."""
     checkpoint_every: int = 10
@@ -338,7 +339,7 @@ class TrainerConfig:
     remove_padding: bool = True
     """Score and train Llama-family models (Llama, Qwen2, Qwen3) over their real tokens only:
     the projections and MLP skip the padding of a batch, the output layer runs only where a
-    response token is predicted (the same values as the model's forward). False, FSDP,
+    response token is predicted (the same values as the model's forward). False, FSDP2,
     DeepSpeed ZeRO-3, sliding-window attention, attention dropout or another architecture
     use the model's forward."""
     max_full_logits_gb: float = 4.0
@@ -402,6 +403,8 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "run.logger": ("csv", "tensorboard"),
 }
 _STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true", "fsdp", "deepspeed")
+_FSDP_PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true")
+"""fp16 would need a gradient scaler over the sharded gradients, which FSDP2 does not bring."""
 
 # key -> (low, high, low_open, high_open); ints and floats alike.
 _RANGES: dict[str, tuple[float, float, bool, bool]] = {
@@ -522,11 +525,7 @@ def _validate_relations(cfg: JackpotConfig) -> None:
     if s.alpha is not None and s.beta is not None and s.alpha >= s.beta:
         raise ConfigError(f"sampler.alpha={s.alpha} must be < sampler.beta={s.beta}")
     _validate_sampler(cfg)
-    strategy = cfg.trainer.strategy
-    if strategy not in _STRATEGIES and not strategy.startswith(("ddp", "fsdp", "deepspeed")):
-        raise ConfigError(
-            f"trainer.strategy={strategy!r} is not allowed; choose one of {list(_STRATEGIES)}"
-        )
+    _validate_strategy(cfg)
     for key in ("policy", "rollout_model"):
         model: ModelConfig = getattr(cfg, key)
         if model.path is None and model.hidden_size % model.num_heads:
@@ -564,6 +563,42 @@ def _validate_relations(cfg: JackpotConfig) -> None:
             f"rollout.engine='vllm' is not allowed with trainer.devices={cfg.trainer.devices}; "
             "allowed: trainer.devices=1 (one in-process engine per model; vLLM inside several "
             "training processes is not supported yet), or rollout.engine='hf'"
+        )
+
+
+def _validate_strategy(cfg: JackpotConfig) -> None:
+    """Only strategies that run this module: FSDP2 as ``fsdp`` (CPU and GPU), the ddp family,
+    and DeepSpeed on GPUs with one optimiser (Lightning's DeepSpeed strategy takes one)."""
+    t = cfg.trainer
+    strategy = t.strategy
+    if strategy.startswith("fsdp") and strategy != "fsdp":
+        raise ConfigError(
+            f"trainer.strategy={strategy!r} (FSDP1) is not allowed; trainer.strategy=fsdp is "
+            "FSDP2 (fully_shard) on CPU and GPU, or choose ddp"
+        )
+    if strategy not in _STRATEGIES and not strategy.startswith(("ddp", "deepspeed")):
+        raise ConfigError(
+            f"trainer.strategy={strategy!r} is not allowed; choose one of {list(_STRATEGIES)}"
+        )
+    if strategy.startswith("deepspeed") and t.accelerator not in ("gpu", "cuda"):
+        raise ConfigError(
+            f"trainer.strategy={strategy!r} needs trainer.accelerator='gpu', got "
+            f"{t.accelerator!r}; on CPU choose trainer.strategy=fsdp or ddp"
+        )
+    if strategy.startswith("deepspeed") and cfg.algo.train_rollout and cfg.algo.mode == "decoupled":
+        raise ConfigError(
+            f"trainer.strategy={strategy!r} takes one optimiser and algo.train_rollout=true "
+            "trains two; choose trainer.strategy=fsdp"
+        )
+    if strategy == "fsdp" and t.precision not in _FSDP_PRECISIONS:
+        raise ConfigError(
+            f"trainer.precision={t.precision!r} is not allowed with trainer.strategy=fsdp; "
+            f"choose one of {list(_FSDP_PRECISIONS)}"
+        )
+    if strategy == "fsdp" and cfg.rollout.files is not None:
+        raise ConfigError(
+            "rollout.files is not allowed with trainer.strategy=fsdp (ranks' shares of a file "
+            "may differ in size, and sharded forwards must run in step); choose ddp"
         )
 
 
@@ -727,10 +762,18 @@ def _validate_reward(name: str) -> None:
 
 
 def _validate_devices(trainer: TrainerConfig) -> None:
-    """More devices than exist is an error now, not an hour into a queue."""
+    """More devices than exist, or a strategy whose package is missing, is an error now, not
+    an hour into a queue."""
+    import importlib.util
     import os
 
     import torch
+
+    if trainer.strategy.startswith("deepspeed") and importlib.util.find_spec("deepspeed") is None:
+        raise ConfigError(
+            f"trainer.strategy={trainer.strategy!r} needs the deepspeed package "
+            "(pip install deepspeed), or choose trainer.strategy=fsdp"
+        )
 
     if trainer.accelerator in ("gpu", "cuda"):
         available = torch.cuda.device_count()

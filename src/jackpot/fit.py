@@ -239,12 +239,13 @@ def run(cfg: Any) -> RunResult:
     checkpointer = PeriodicCheckpoint(
         ckpt_dir, cfg.trainer.checkpoint_every, cfg.trainer.keep_checkpoints
     )
+    strategy, precision = _strategy(cfg)
     trainer = L.Trainer(
         accelerator=cfg.trainer.accelerator,
         devices=cfg.trainer.devices,
         num_nodes=cfg.trainer.num_nodes,
-        strategy=_strategy(cfg, module),
-        precision=cfg.trainer.precision,
+        strategy=strategy,
+        precision=precision,
         max_epochs=cfg.trainer.max_steps,
         logger=loggers,
         callbacks=[RLProgressBar(), checkpointer],
@@ -325,13 +326,15 @@ def _quiet_lightning() -> None:
     )
 
 
-def _strategy(cfg: Any, module: Any) -> Any:
-    """``trainer.strategy`` for the Trainer: FSDP shards both models layer by layer."""
+def _strategy(cfg: Any) -> tuple[Any, Any]:
+    """The Trainer's strategy and precision: ``fsdp`` is FSDP2 over every process (the module
+    shards both models in ``configure_model``; ``bf16-mixed`` is FSDP2's own policy)."""
     if cfg.trainer.strategy != "fsdp":
-        return cfg.trainer.strategy
-    from jackpot.training.sharding import fsdp_strategy
+        return cfg.trainer.strategy, cfg.trainer.precision
+    from jackpot.training.sharding import fsdp_strategy, fsdp_trainer_precision
 
-    return fsdp_strategy([module.policy, module.rollout_model])
+    world = cfg.trainer.devices * cfg.trainer.num_nodes
+    return fsdp_strategy(world), fsdp_trainer_precision(cfg.trainer.precision)
 
 
 def parser(prog: str = "python -m jackpot.fit") -> argparse.ArgumentParser:

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.distributed.fsdp import FSDPModule
 from torch.utils.checkpoint import checkpoint
 
 __all__ = [
@@ -47,11 +48,8 @@ def own_forward_refusal(model: nn.Module) -> str | None:
     model_type = getattr(config, "model_type", None)
     if model_type not in LLAMA_MODEL_TYPES:
         return f"model_type {model_type!r} is not one of {LLAMA_MODEL_TYPES}"
-    if any(
-        "FullyShardedDataParallel" in type(m).__name__ or type(m).__name__.startswith("FSDP")
-        for m in model.modules()
-    ):
-        return "the model is sharded (FSDP): only its wrapped forward gathers the weights"
+    if any(isinstance(m, FSDPModule) for m in model.modules()):
+        return "the model is sharded (FSDP2): only its own forward gathers the DTensor shards"
     if any(hasattr(param, "ds_status") for param in model.parameters()):
         return "the model's parameters are partitioned (DeepSpeed ZeRO-3)"
     layer_types = getattr(config, "layer_types", None) or ["full_attention"]

@@ -62,7 +62,7 @@ from jackpot.step import (
     token_logp,
 )
 from jackpot.tasks.synthetic import Example
-from jackpot.training.sharding import clip_grad_norm
+from jackpot.training.sharding import clip_grad_norm, is_sharded, shard_models
 
 __all__ = ["JackpotModule", "NonFiniteError"]
 
@@ -190,6 +190,15 @@ class JackpotModule(L.LightningModule):
     def train_dataloader(self) -> DataLoader:
         """One placeholder item per epoch: the prompts of RL step ``s`` are chosen from ``s``."""
         return DataLoader(cast(Any, [0]), batch_size=1)
+
+    def configure_model(self) -> None:
+        """Under ``trainer.strategy=fsdp``, shard both models layer by layer (FSDP2), once."""
+        if self.cfg.trainer.strategy == "fsdp" and not is_sharded(self.policy):
+            shard_models(
+                [self.policy, self.rollout_model],
+                cast(Any, self.device_mesh)["data_parallel"],  # set by the strategy
+                self.cfg.trainer.precision,
+            )
 
     def configure_optimizers(self) -> Any:
         """AdamW + linear warm-up for the policy, and for the rollout model when it trains."""
@@ -387,7 +396,10 @@ class JackpotModule(L.LightningModule):
                 clip_ratio_c=cfg.algo.clip_ratio_c,
                 bypass=cfg.algo.bypass_old_logprobs,
             )
-            finite = bool(torch.isfinite(loss.total))
+            # Agreed by every rank: a backward's gradient collectives need all of them.
+            finite = self.trainer.strategy.reduce_boolean_decision(
+                bool(torch.isfinite(loss.total)), all=True
+            )
             if not finite:  # skip this update; the rest of the minibatch cannot repair it
                 break
             self.manual_backward(loss.total)
@@ -540,8 +552,19 @@ class JackpotModule(L.LightningModule):
         return self._generate(self._engine(), examples, cfg.rollout.group_size, step, stream=0)
 
     def _generate(
-        self, engine: RolloutEngine, examples: list[Example], group: int, step: int, stream: int
+        self,
+        engine: RolloutEngine,
+        examples: list[Example],
+        group: int,
+        step: int,
+        stream: int,
+        calls_for: int = 0,
     ) -> RolloutBatch:
+        """Roll out ``group`` responses per example, ``generation_batch_size`` rows per call.
+
+        ``calls_for``: make at least as many engine calls as this many examples would (a sharded
+        model's ranks must decode in step); the extra calls' rollouts come last and are dropped.
+        """
         gen = seeded_generator(self.cfg.run.seed, step, self.global_rank, stream, self.device)
         ids = [self.tokenizer.encode(e.prompt) for e in examples]
         limit = self.cfg.rollout.generation_batch_size
@@ -550,6 +573,9 @@ class JackpotModule(L.LightningModule):
             engine.generate(ids[i : i + per_call], group, self.sampling, gen)
             for i in range(0, len(ids), per_call)
         ]
+        extra = 0 if limit is None else math.ceil(calls_for / per_call) - len(chunks)
+        for _ in range(extra):
+            engine.generate(ids[-1:], group, self.sampling, gen)
         batch = chunks[0] if len(chunks) == 1 else concat_rollouts(chunks)
         return batch.with_texts(
             prompts=[e.prompt for e in examples for _ in range(group)],
@@ -630,9 +656,8 @@ class JackpotModule(L.LightningModule):
         """Clip and step every optimiser on the accumulated gradient, or skip a bad update."""
         ok = finite
         if ok:
-            reduce = self._shard_sum()
             norms = [
-                clip_grad_norm(model.parameters(), oc.grad_clip, reduce)
+                clip_grad_norm(model.parameters(), oc.grad_clip)
                 for model, oc in self._trained_models()
             ]
             for (model, _), norm in zip(self._trained_models(), norms, strict=True):
@@ -654,15 +679,6 @@ class JackpotModule(L.LightningModule):
                 f"{self.nonfinite_streak} consecutive updates had a non-finite loss or gradient "
                 f"(algo.max_nonfinite_skips={self.cfg.algo.max_nonfinite_skips}); stopping"
             )
-
-    def _shard_sum(self) -> Callable[[Tensor], Tensor] | None:
-        """Sum over ranks when each holds a shard of the gradients (FSDP), else None."""
-        from lightning.pytorch.strategies import FSDPStrategy
-
-        strategy = self.trainer.strategy
-        if not isinstance(strategy, FSDPStrategy):
-            return None
-        return lambda t: cast(Tensor, strategy.reduce(t, reduce_op="sum"))
 
     def _trained_models(self) -> list[tuple[nn.Module, Any]]:
         out = [(self.policy, self.cfg.policy_optim)]
@@ -698,7 +714,7 @@ class JackpotModule(L.LightningModule):
             self.tracker.update({"distill/coef": self._distill_coef()})
         if self.cfg.trainer.eval_every and (step + 1) % self.cfg.trainer.eval_every == 0:
             self.tracker.update(self.evaluate(step))
-        if self.trainer.world_size > 1:
+        if self.trainer.world_size > 1 and not is_sharded(self.policy):  # replicas only
             self.tracker.update({"dist/param_divergence": self._param_divergence()})
         values = self.tracker.compute()
         now = time.perf_counter()
@@ -721,10 +737,21 @@ class JackpotModule(L.LightningModule):
 
     @torch.no_grad()
     def evaluate(self, step: int) -> dict[str, Tensor]:
-        """mean@k and pass@k of the policy on this rank's share of the held-out prompts."""
-        examples = self.eval_examples[self.global_rank :: self.trainer.world_size]
+        """mean@k and pass@k of the policy on this rank's share of the held-out prompts.
+
+        A sharded policy's forward takes part in every rank's all-gathers, so a rank with a
+        short share makes as many engine calls as the longest share needs.
+        """
+        world = self.trainer.world_size
+        examples = self.eval_examples[self.global_rank :: world]
+        longest = math.ceil(len(self.eval_examples) / world) if is_sharded(self.policy) else 0
         batch = self._generate(
-            self._engine(policy=True), examples, self.cfg.trainer.eval_samples, step, stream=2
+            self._engine(policy=True),
+            examples,
+            self.cfg.trainer.eval_samples,
+            step,
+            stream=2,
+            calls_for=longest,
         )
         rewards = torch.as_tensor(
             self.reward_fn(batch.prompts or [], self._decode(batch), batch.answers or [])

@@ -137,6 +137,7 @@ def forward_logits(
             attention_mask=mask,
             position_ids=positions,
             logits_to_keep=response_len + 1,
+            use_cache=False,  # one pass: a KV cache would only hold memory
         )
         logits = out.logits[:, :response_len]  # (N, T, V): positions P - 1 ... P + T - 2
     return logits if temperature == 1.0 else logits / temperature

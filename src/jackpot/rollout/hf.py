@@ -21,6 +21,7 @@ from jackpot.rollout.batch import RolloutBatch, left_pad
 from jackpot.rollout.decode import Decode, start_decode
 from jackpot.rollout.engine import RolloutEngine, SamplingParams
 from jackpot.rollout.sampling import sample_tokens, sampling_logprobs, topk_with_sampled
+from jackpot.training.sharding import is_sharded
 
 __all__ = ["HFRolloutEngine"]
 
@@ -120,11 +121,13 @@ class HFRolloutEngine(RolloutEngine):
         The loop only samples and feeds tokens back; which positions follow a stop token is
         worked out once at the end from the sampled tokens, and whether rows have stopped is
         asked every ``done_check_every`` tokens (the only host sync of the loop). There the
-        loop ends when every row has stopped, and otherwise drops the stopped rows from the
-        decode batch once they are at least an eighth of it: later forwards compute only
-        rows still generating. Every step still samples all ``N`` rows (stopped rows from
-        placeholder logits, their tokens masked at the end), so the generator's stream, and
-        with it every live row's tokens, does not depend on when rows were dropped. Steps
+        loop ends when every row has stopped (under a sharded model: every rank's row, a rank
+        done before the others keeps running forwards without sampling), and otherwise drops
+        the stopped rows from the decode batch once they are at least an eighth of it: later
+        forwards compute only rows still generating. Every step still samples all ``N`` rows
+        (stopped rows from placeholder logits, their tokens masked at the end), so the
+        generator's stream, and with it every live row's tokens, does not depend on when rows
+        were dropped, nor on other ranks. Steps
         run past the last stop are cut off, so the records equal a check after every token.
         """
         logits = decode.logits
@@ -138,31 +141,43 @@ class HFRolloutEngine(RolloutEngine):
         tokens: list[Tensor] = []  # (N,) per step, as sampled (also after a row stopped)
         token_logp: list[Tensor] = []  # (N,) log p_inf of the sampled token
         topk: list[tuple[Tensor, Tensor]] = []  # (N, k) ids and log-probs, when k > 1
+        idle = False  # every row here stopped, another rank's have not: forward, no sampling
         for t in range(params.max_new_tokens):
-            logits = decode.logits
-            if len(rows) < n:  # stopped rows: placeholder logits, their tokens are masked
-                logits = logits.new_zeros((n, vocab)).index_copy_(0, rows, logits)
-            logp = sampling_logprobs(logits, params.temperature, params.top_k, params.top_p)
-            token = sample_tokens(logp, generator)  # (N,)
-            tokens.append(token)
-            token_logp.append(logp.gather(-1, token[:, None]).squeeze(-1))
-            if k > 1:  # k == 1 is the sampled token itself: nothing more to record
-                topk.append(topk_with_sampled(logp, token, k))
-            fed = torch.where(done, pad, token)  # rows that stopped before t are fed padding
-            done = done | torch.isin(token, stop_ids)
+            if not idle:
+                logits = decode.logits
+                if len(rows) < n:  # stopped rows: placeholder logits, their tokens are masked
+                    logits = logits.new_zeros((n, vocab)).index_copy_(0, rows, logits)
+                logp = sampling_logprobs(logits, params.temperature, params.top_k, params.top_p)
+                token = sample_tokens(logp, generator)  # (N,)
+                tokens.append(token)
+                token_logp.append(logp.gather(-1, token[:, None]).squeeze(-1))
+                if k > 1:  # k == 1 is the sampled token itself: nothing more to record
+                    topk.append(topk_with_sampled(logp, token, k))
+                fed = torch.where(done, pad, token)  # rows that stopped before t: padding
+                done = done | torch.isin(token, stop_ids)
             if t + 1 == params.max_new_tokens:
                 break
             if (t + 1) % every == 0:
                 live = ~done[rows]
                 n_live = int(live.sum())
-                if n_live == 0:
+                if self._all_stopped(n_live):
                     break
-                if 8 * (len(rows) - n_live) >= len(rows):
+                idle = n_live == 0
+                if n_live and 8 * (len(rows) - n_live) >= len(rows):
                     keep = live.nonzero().squeeze(-1)
                     decode.select(keep)
                     rows = rows[keep]
             decode.step(fed[rows], t)
         return self._records(tokens, token_logp, topk, stop_ids)
+
+    def _all_stopped(self, n_live: int) -> bool:
+        """Whether no row is live, on any rank when the model is sharded: every rank's forward
+        takes part in the others' all-gathers, so all decode until the last row stops."""
+        if not is_sharded(self.model):
+            return n_live == 0
+        live = torch.tensor([n_live], device=self.model.device)
+        torch.distributed.all_reduce(live, op=torch.distributed.ReduceOp.MAX)
+        return int(live) == 0
 
     def _records(
         self,

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.distributed.tensor import DTensor
 
 from jackpot.rollout.batch import RolloutBatch, left_pad
 from jackpot.rollout.engine import RolloutEngine, SamplingParams
@@ -127,9 +128,13 @@ class VLLMRolloutEngine(RolloutEngine):
         """Load ``model``'s current weights into vLLM in place; cached prefixes are dropped.
 
         The prefix cache holds keys and values computed with the old weights, so it must be
-        emptied or a repeated prompt would be continued from stale activations.
+        emptied or a repeated prompt would be continued from stale activations. An FSDP2
+        model's DTensor shards are gathered one tensor at a time (``full_tensor``).
         """
-        weights = [(name, t.detach()) for name, t in model.state_dict().items()]
+        weights = [
+            (name, t.full_tensor() if isinstance(t, DTensor) else t.detach())
+            for name, t in model.state_dict().items()
+        ]
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
         self.llm.reset_prefix_cache()
 

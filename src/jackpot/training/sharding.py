@@ -1,22 +1,33 @@
-"""Multi-device pieces the Trainer needs from us: the FSDP strategy for two models, and a
-gradient-norm clip that is right when every rank holds only a shard of each gradient.
+"""Multi-device pieces the Trainer needs from us: FSDP2 sharding of both models through
+Lightning's ``ModelParallelStrategy``, and a gradient-norm clip that is right on shards.
 
-Lightning's ``strategy="fsdp"`` string wraps the LightningModule with no auto-wrap policy: the
-policy and the rollout model would then sit in one root flat parameter, which the two
-optimisers cannot split. We wrap each decoder layer (the classes the models name in
-``_no_split_modules``) and keep the original parameters visible (``use_orig_params``), so each
-optimiser sees its own model's parameters and a checkpoint holds them under their own names.
+``trainer.strategy=fsdp`` is FSDP2 (``torch.distributed.fsdp.fully_shard``): every decoder
+layer of the policy and of the rollout model (the classes the models name in
+``_no_split_modules``) is its own unit, then each model's root. Parameters become DTensors
+sharded over the data-parallel mesh, each model keeps its own parameters (so each optimiser
+sees only its model's shards), and checkpoints are full state dicts gathered on rank 0: the
+same single file a ddp or one-device run writes, so the atomic write, the ``weights_only``
+validation and the newest-valid selection of :mod:`jackpot.training.checkpoints` apply, and a
+run resumes on another world size or strategy. It runs on CPU (gloo) and GPU (NCCL) alike.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["clip_grad_norm", "decoder_layer_classes", "fsdp_strategy"]
+__all__ = [
+    "clip_grad_norm",
+    "decoder_layer_classes",
+    "fsdp_strategy",
+    "fsdp_trainer_precision",
+    "is_sharded",
+    "mixed_precision_policy",
+    "shard_models",
+]
 
 
 def decoder_layer_classes(models: Sequence[nn.Module | None]) -> set[type[nn.Module]]:
@@ -35,41 +46,61 @@ def decoder_layer_classes(models: Sequence[nn.Module | None]) -> set[type[nn.Mod
     return classes
 
 
-def fsdp_strategy(models: Sequence[nn.Module | None], **kwargs: Any) -> Any:
-    """Lightning's FSDP strategy sharding both models layer by layer (full-state checkpoints,
-    which resume like unsharded ones)."""
-    from lightning.pytorch.strategies import FSDPStrategy
+def fsdp_strategy(world_size: int) -> Any:
+    """Lightning's ``ModelParallelStrategy`` as pure data parallelism over ``world_size``
+    processes (the module's ``configure_model`` shards), saving full-state checkpoints."""
+    from lightning.pytorch.strategies import ModelParallelStrategy
 
-    return FSDPStrategy(
-        auto_wrap_policy=decoder_layer_classes(models),
-        use_orig_params=True,
-        state_dict_type="full",
-        **kwargs,
+    return ModelParallelStrategy(
+        data_parallel_size=world_size, tensor_parallel_size=1, save_distributed_checkpoint=False
     )
 
 
-def clip_grad_norm(
-    params: Iterable[Tensor],
-    max_norm: float,
-    all_reduce_sum: Callable[[Tensor], Tensor] | None = None,
-) -> Tensor:
+def fsdp_trainer_precision(precision: str) -> str:
+    """The Trainer's precision under FSDP2: ``bf16-mixed`` is FSDP2's mixed-precision policy
+    (:func:`mixed_precision_policy`), not autocast, so the Trainer computes in fp32 around it."""
+    return "32-true" if precision == "bf16-mixed" else precision
+
+
+def mixed_precision_policy(precision: str) -> Any:
+    """FSDP2's policy for ``trainer.precision``: ``bf16-mixed`` gathers bf16 copies of the fp32
+    sharded parameters for compute and reduces gradients in fp32; otherwise the params' dtype."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    if precision == "bf16-mixed":
+        return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    return MixedPrecisionPolicy()
+
+
+def shard_models(models: Sequence[nn.Module | None], mesh: Any, precision: str) -> None:
+    """``fully_shard`` every decoder layer of each model, then the model, in place (FSDP2)."""
+    from torch.distributed.fsdp import fully_shard
+
+    layers = tuple(decoder_layer_classes(models))
+    policy = mixed_precision_policy(precision)
+    for model in models:
+        if model is None:
+            continue
+        for sub in model.modules():
+            if isinstance(sub, layers):
+                fully_shard(sub, mesh=mesh, mp_policy=policy)
+        fully_shard(model, mesh=mesh, mp_policy=policy)
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """Whether ``model`` went through ``fully_shard`` (its parameters are DTensor shards)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def clip_grad_norm(params: Iterable[Tensor], max_norm: float) -> Tensor:
     """Scale gradients so their global L2 norm is at most ``max_norm``; return that norm.
 
-    ``all_reduce_sum`` sums a scalar over the ranks when each holds a shard of the gradients
-    (FSDP): the squared norms of the shards add up to the squared norm of the whole, which
-    ``torch.nn.utils.clip_grad_norm_`` on one rank's shards would miss. None: unsharded.
+    On FSDP2's DTensor gradients torch reduces the shards' squared norms over the mesh, so the
+    norm (returned as a plain tensor) is the whole model's on every rank.
     """
-    with_grad = [p for p in params if p.grad is not None]
-    if all_reduce_sum is None:
-        return torch.nn.utils.clip_grad_norm_(with_grad, max_norm)
-    grads = [p.grad for p in with_grad if p.grad is not None]
-    sq = (
-        torch.stack([g.detach().float().pow(2).sum() for g in grads]).sum()
-        if grads
-        else torch.zeros(())
-    )
-    total = all_reduce_sum(sq).sqrt()
-    scale = (max_norm / (total + 1e-6)).clamp(max=1.0)
-    for g in grads:
-        g.mul_(scale.to(g.dtype))
-    return total
+    from torch.distributed.tensor import DTensor
+
+    norm = torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], max_norm)
+    return norm.full_tensor() if isinstance(norm, DTensor) else norm
