@@ -2,7 +2,7 @@
 
 ``python -m benchmarks.trl_compare [--out DIR] [--trl-python PATH] [--rounds R] [--quick]``
 
-Section A (the workload of issue 14): one seed-0 Qwen2 (hidden 128 x 2 layers) saved with a
+Section A (the speed workload): one seed-0 Qwen2 (hidden 128 x 2 layers) saved with a
 small character tokenizer built here (nothing is downloaded), 512 ``AB+CD=`` addition prompts
 as a JSONL file, 8 prompts x 8 samples per step, 16 new tokens at temperature 1 without
 truncation, one optimiser step per RL step, exact-match reward, the same learning rate,
@@ -483,7 +483,7 @@ DIFFERENCES = [
     "function (TRL decodes with `skip_special_tokens=True`, jackpot drops the stop token).",
     "Loss: TRL's default `loss_type='dapo'` (token-level normalisation over the global batch), "
     "beta = 0 (no reference model); jackpot's PPO-clip loss with token-mean aggregation and "
-    "GRPO advantages. Same number of forward/backward passes per step after issue 14.",
+    "GRPO advantages. Same number of forward/backward passes per step.",
     "Optimiser: TRL `optim` as recorded above (transformers' default, fused AdamW on this "
     "torch); jackpot `torch.optim.AdamW(fused=True)` where the parameters allow it.",
     "Prompts: TRL samples from all 512; jackpot keeps 1 prompt out as its held-out split "
@@ -536,7 +536,7 @@ def render(results: dict[str, Any]) -> str:
     """``trl_compare.md``: both sections' tables, the differences, the machine and the noise."""
     m = results["machine"]
     lines = [
-        "# jackpot vs TRL GRPOTrainer, and decoupled vs on-policy (issue 14)",
+        "# jackpot vs TRL GRPOTrainer, and decoupled vs on-policy",
         "",
         f"`python -m benchmarks.trl_compare` on {m['date']}: {m['cores']} cores, torch "
         f"{m['torch']}, trl {m['trl']}, transformers {m['transformers']}, Python {m['python']}; "
@@ -569,7 +569,7 @@ def render(results: dict[str, Any]) -> str:
             f"- Paired ratio TRL period / jackpot period: **{_fmt(a['period_ratio'], 1, 2)}** "
             f"(jackpot throughput in steps/s relative to TRL's); tokens/s ratio "
             f"{_fmt(a['tokens_per_s_ratio'], 1, 2)}; CPU-time ratio "
-            f"{_fmt(a['cpu_period_ratio'], 1, 2)}. Goal of issue 14: >= 1.5x.",
+            f"{_fmt(a['cpu_period_ratio'], 1, 2)}. Goal: >= 1.5x.",
             f"- In-run periods (median over the {a['n1']}-step run's steps after the first "
             f"{SKIP_STEPS}, from each framework's own per-step log: jackpot `perf/period_s`, "
             "TRL the time between consecutive log calls; no process start in them): jackpot "
@@ -635,7 +635,7 @@ QUICK = {"a": (1, 3, 1), "b": (1, 2, 1)}
 """``(n0, n1, rounds)`` of a ``--quick`` run: checks the plumbing, not the speed."""
 
 FULL = {"a": (4, 64, 7), "b": (1, 4, 2)}
-"""``(n0, n1, rounds)`` of the real run. Section A as in issue 14 but 64 steps rather than 34
+"""``(n0, n1, rounds)`` of the real run. Section A with 64 steps rather than 34
 in the long run: a process start varies by a second or more on a shared machine, and the
 60-step difference halves what that noise does to a period."""
 
