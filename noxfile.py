@@ -122,4 +122,4 @@ def gpu_check(session: nox.Session) -> None:
     args = list(session.posargs)
     if "--out" not in args:
         args = ["--out", "runs/gpu_check", *args]
-    session.run("python", "-m", "benchmarks.gpu_check", *args)
+    session.run("python", "-m", "benchmarks.gpu.check", *args)

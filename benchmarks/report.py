@@ -75,7 +75,7 @@ def _sampler(point: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """The issue's three targets, each with the measured figure and met / missed."""
+    """The suite's three performance targets, each with the measured figure and met / missed."""
     e2e, norm, over = results["e2e"], results["normalizer"], results["overhead"]
     dec = e2e["modes"]["decoupled"]
     overhead = e2e["obrs_share"]

@@ -1,7 +1,7 @@
 """``python -m benchmarks.run [--quick] [--out DIR] [--threads N] [--old-src DIR] [--trl]``.
 
 Runs the normaliser, sampler-overhead, end-to-end, memory and rollout-decode sections (each
-measurement in fresh subprocesses), checks the issue's targets, and writes ``bench.json``
+measurement in fresh subprocesses), checks the performance targets, and writes ``bench.json``
 (every figure, machine facts) and ``bench.md`` (tables, ratios against the same run's
 baselines) to ``--out``, and the memory section's ``memory.json`` / ``memory.md`` beside
 them. ``--trl`` then runs :mod:`benchmarks.trl_compare` (TRL's GRPOTrainer vs

@@ -69,9 +69,9 @@ def test_every_test_named_in_the_math_document_exists() -> None:
     assert facts and all(f"{f}.py" in text for f in facts), "a fact module is not documented"
 
 
-def test_readme_eval_split_of_a_local_file(tmp_path: Path) -> None:
-    """README, "Data": the eval split is the last ``min(num_eval, max(N // 5, 1))`` records in
-    file order, the rest is the training set; numeric answers become strings."""
+def test_documented_eval_split_of_a_local_file(tmp_path: Path) -> None:
+    """docs/extending.md, "Data": the eval split is the last ``min(num_eval, max(N // 5, 1))``
+    records in file order, the rest is the training set; numeric answers become strings."""
     from types import SimpleNamespace
 
     from jackpot.fit import _task_examples
@@ -89,3 +89,34 @@ def test_readme_eval_split_of_a_local_file(tmp_path: Path) -> None:
         train, evals = _task_examples(SimpleNamespace(task=task))
         assert [e.prompt for e in evals] == [f"q{i}" for i in range(30 - n_eval, 30)]
         assert [e.answer for e in train] == [str(i) for i in range(30 - n_eval)]
+
+
+def _anchors(path: Path) -> set[str]:
+    """GitHub's anchors of a Markdown file's headings (code blocks skipped)."""
+    text = re.sub(r"^```.*?^```", "", path.read_text(encoding="utf-8"), flags=re.M | re.S)
+    heads = re.findall(r"^#+\s+(.+?)\s*$", text, re.M)
+    return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in heads}
+
+
+def test_front_page_is_short_and_its_links_resolve() -> None:
+    """The README is a front page (at most 250 lines) whose detail lives in docs/; every
+    relative link of the README and of docs/*.md names a file that exists, and an anchor
+    names a heading of that file."""
+    readme = ROOT / "README.md"
+    assert len(readme.read_text(encoding="utf-8").splitlines()) <= 250
+    docs = sorted((ROOT / "docs").glob("*.md"))
+    for name in ("usage", "losses", "extending", "engines", "scaling", "metrics", "benchmarks"):
+        assert f"docs/{name}.md" in readme.read_text(encoding="utf-8"), name
+    broken = []
+    for page in (readme, *docs):
+        text = re.sub(r"^```.*?^```", "", page.read_text(encoding="utf-8"), flags=re.M | re.S)
+        for link in re.findall(r"\]\(([^)\s]+)\)", text):
+            if link.startswith(("http://", "https://", "mailto:")):
+                continue
+            target, _, anchor = link.partition("#")
+            path = (page.parent / target).resolve() if target else page
+            if not path.exists():
+                broken.append(f"{page.relative_to(ROOT)}: {link}")
+            elif anchor and path.suffix == ".md" and anchor not in _anchors(path):
+                broken.append(f"{page.relative_to(ROOT)}: {link} (no such heading)")
+    assert not broken, broken

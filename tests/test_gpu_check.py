@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from benchmarks import gpu_check
-from benchmarks.gpu_check import PARTS, Context, Part, main, run_part, vllm_skip_reason
+from benchmarks.gpu import check as gpu_check
+from benchmarks.gpu.check import PARTS, Context, Part, main, run_part, vllm_skip_reason
 
 
 def _context(tmp_path: Path, budget_s: float = 60.0) -> Context:

@@ -260,7 +260,7 @@ class AlgoConfig:
     mode) instead of ``p_ref`` / ``p_w_old``; samplers still see ``p_ref``."""
     agg: str = "token-mean"
     """Loss aggregation: ``token-mean``, ``token-sum``, ``seq-mean-token-mean``,
-    ``seq-mean-token-sum`` or ``seq-mean-token-sum-norm`` (see README)."""
+    ``seq-mean-token-sum`` or ``seq-mean-token-sum-norm`` (see docs/losses.md)."""
     train_rollout: bool = True
     """Train the rollout model (RL + distillation) on the same trajectories."""
     rollout_rl: bool = True

@@ -1,7 +1,7 @@
 """Metrics: pure evaluation estimators plus a tracker of running means synced across ranks.
 
 Keys are namespaced and stable (``reward/mean``, ``obrs/accept_rate``, ``mismatch/kl_k3``, ...);
-the README has the table.
+docs/metrics.md has the table.
 """
 
 from __future__ import annotations

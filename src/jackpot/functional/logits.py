@@ -1,7 +1,8 @@
 """Memory-bounded reductions of ``(B, T, V)`` logits: log-probs of chosen ids, top-k, exact Z.
 
 Each runs over flattened rows in chunks, so the extra peak memory is ``O(chunk_size * V)``
-instead of a full ``B x T x V`` fp32 log-softmax copy (measured figures in the README).
+instead of a full ``B x T x V`` fp32 log-softmax copy (measured figures in
+docs/results/bench.md, section 1).
 Logits must already describe the distribution meant: for ``p_inf`` that is the *sampling*
 distribution (temperature applied, truncated tokens at ``-inf``).
 """

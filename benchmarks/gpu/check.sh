@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install jackpot into this machine's Python and run the GPU check: benchmarks/gpu_check.sh OUT [ARGS]
+# Install jackpot into this machine's Python and run the GPU check: benchmarks/gpu/check.sh OUT [ARGS]
 #
 # Keeps the machine's torch when it already sees a GPU (else installs PyPI's default Linux
 # wheel, a CUDA build); installs jackpot's other missing requirements from PyPI, or, on a
@@ -8,12 +8,12 @@
 # antlr4-python3-runtime are all it lacks):
 #   python3 -m pip download --no-deps --only-binary=:all: -d .whl \
 #       omegaconf==2.4.0 antlr4-python3-runtime==4.13.2
-# Then runs `python -m benchmarks.gpu_check --out OUT ARGS` (parts, JSON and summary.md in
+# Then runs `python -m benchmarks.gpu.check --out OUT ARGS` (parts, JSON and summary.md in
 # OUT, models and runs under a temporary folder) with its log in OUT/gpu_check.log.
 # PYTHON=... picks the interpreter (default python3).
 set -euo pipefail
-cd "$(dirname "$0")/.."
-out=${1:?usage: benchmarks/gpu_check.sh OUT_DIR [gpu_check arguments]}
+cd "$(dirname "$0")/../.."
+out=${1:?usage: benchmarks/gpu/check.sh OUT_DIR [gpu_check arguments]}
 shift
 py=${PYTHON:-python3}
 mkdir -p "$out"
@@ -27,4 +27,4 @@ if [ -d .whl ]; then
 fi
 "$py" -m pip install -q --no-build-isolation "${offline[@]}" -e .
 echo "[gpu_check.sh] installed in $(($(date +%s) - start)) s" | tee "$out/gpu_check.log"
-PYTHONUNBUFFERED=1 "$py" -m benchmarks.gpu_check --out "$out" "$@" 2>&1 | tee -a "$out/gpu_check.log"
+PYTHONUNBUFFERED=1 "$py" -m benchmarks.gpu.check --out "$out" "$@" 2>&1 | tee -a "$out/gpu_check.log"

@@ -1,4 +1,4 @@
-"""Workers of the GPU check (``python -m benchmarks.gpu_check``), one fresh interpreter each.
+"""Workers of the GPU check (``python -m benchmarks.gpu.check``), one fresh interpreter each.
 
 Every public function here is run through :func:`benchmarks.common.run_worker` (so a hung
 CUDA call can be killed by the parent's timeout), takes JSON-ready keyword arguments and

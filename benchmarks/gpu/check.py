@@ -1,4 +1,4 @@
-"""``python -m benchmarks.gpu_check --out DIR [--dry-run]``: the whole GPU check in one command.
+"""``python -m benchmarks.gpu.check --out DIR [--dry-run]``: the whole GPU check, one command.
 
 Six parts, each in fresh subprocesses under its own time limit; each part's result goes to
 ``DIR/partN_<name>.json`` and ``DIR/summary.md`` the moment it exists, so a run cut short
@@ -20,7 +20,7 @@ still reports what finished:
 
 ``--dry-run`` runs every part at tiny sizes on CPU (the CI test does): it prints each part's
 time, and the summary holds the GPU estimate. Models, tokenizer and task are built locally
-under ``--work`` (nothing is downloaded); ``benchmarks/gpu_check.sh`` installs and runs it
+under ``--work`` (nothing is downloaded); ``benchmarks/gpu/check.sh`` installs and runs it
 on a GPU machine. Exit code 0 when no part failed (skipped parts are fine), else 1.
 """
 
@@ -129,7 +129,7 @@ SPEEDUP_GOAL = 2.0
 """The project's performance goal: on-policy step time / decoupled step time on a GPU."""
 
 INSTALL_ESTIMATE_S = 45.0
-"""Installing jackpot and its missing wheels on a GPU machine (``gpu_check.sh``)."""
+"""Installing jackpot and its missing wheels on a GPU machine (``benchmarks/gpu/check.sh``)."""
 
 GPU_BUDGET_S = 420.0
 """Default wall-clock budget of all parts on a GPU: 8 minutes less the installs and margin."""
@@ -165,10 +165,10 @@ class Context:
         ]
 
     def worker(self, func: str, kwargs: dict[str, Any], limit: float) -> Any:
-        """``benchmarks.gpu_parts.<func>(**kwargs)`` in a fresh interpreter, within ``limit``."""
+        """``benchmarks.gpu.parts.<func>(**kwargs)`` in a fresh interpreter, within ``limit``."""
         timeout = max(min(limit, self.deadline - time.monotonic()), 1.0)
         env = DRY_ENV if self.dry else None
-        return run_worker("gpu_parts", func, kwargs, env=env, timeout=timeout)
+        return run_worker("gpu.parts", func, kwargs, env=env, timeout=timeout)
 
 
 @dataclass(frozen=True)
@@ -586,7 +586,7 @@ def render(ctx: Context) -> str:
     lines = [
         f"# jackpot GPU check: {mode}",
         "",
-        f"`python -m benchmarks.gpu_check{' --dry-run' if ctx.dry else ''}`, "
+        f"`python -m benchmarks.gpu.check{' --dry-run' if ctx.dry else ''}`, "
         f"{datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}. "
         f"GPU estimate from a fresh H200-class machine: {total:.0f} s including "
         f"{INSTALL_ESTIMATE_S:.0f} s of installs.",
@@ -625,7 +625,7 @@ def render(ctx: Context) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Parse the arguments, run the parts in order, return 0 when none failed."""
     p = argparse.ArgumentParser(
-        prog="python -m benchmarks.gpu_check", description=__doc__.splitlines()[0]
+        prog="python -m benchmarks.gpu.check", description=__doc__.splitlines()[0]
     )
     p.add_argument("--out", type=Path, required=True, help="folder for partN_*.json and summary.md")
     p.add_argument("--dry-run", action="store_true", help="every part at tiny sizes on CPU")
