@@ -61,21 +61,21 @@ def test_baseline_configs_change_only_the_method() -> None:
 BAD = [
     (
         ["sampler.name=obrs", "sampler.lam=0"],
-        r"sampler.lam=0.0 is out of range; allowed sampler.lam in \(0, inf\)",
+        r"sampler.lam=0 is out of range; allowed sampler.lam in \(0, inf\)",
     ),
     (["sampler.name=obrs", "sampler.lam=nan"], "sampler.lam=nan is out of range"),
     (["sampler.name=obrs", "sampler.budget=1.5"], r"sampler.budget=1.5 .* \(0, 1\]"),
-    (["sampler.name=obrs", "sampler.budget=0"], "sampler.budget=0.0 is out of range"),
+    (["sampler.name=obrs", "sampler.budget=0"], "sampler.budget=0 is out of range"),
     (["sampler.name=obrs", "sampler.lam=1", "sampler.budget=0.9"], "mutually exclusive"),
     (["sampler.name=obrs", "sampler.lam=1", "sampler.topk=0"], r"sampler.topk=0 .* \[1, inf\)"),
-    (["sampler.name=obrs", "sampler.lam=1", "sampler.c1=0"], "sampler.c1=0.0 is out of range"),
-    (["sampler.name=obrs", "sampler.lam=1", "sampler.c2=-1"], "sampler.c2=-1.0 is out of range"),
+    (["sampler.name=obrs", "sampler.lam=1", "sampler.c1=0"], "sampler.c1=0 is out of range"),
+    (["sampler.name=obrs", "sampler.lam=1", "sampler.c2=-1"], "sampler.c2=-1 is out of range"),
     (["sampler.name=obrs", "sampler.lam=1", "sampler.p_target=old"], "sampler.p_target='old'"),
     (["sampler.name=nope"], "unknown sampler 'nope'; installed samplers: .*obrs"),
     (["sampler.name=tis", "sampler.lam=1"], "sampler.lam given on the command line but"),
     (
         ["sampler.name=icepop", "sampler.alpha=0.9", "sampler.beta=0.5"],
-        "sampler.alpha=0.9 must be < sampler.beta=0.5",
+        r"sampler.beta=0.5 is out of range; allowed sampler.beta in \[1, inf\]",
     ),
     (["task.reward=nope"], "task.reward='nope' is unknown; installed rewards"),
     (["task.name=nope"], "task.name='nope' is not allowed"),
@@ -201,8 +201,8 @@ def test_what_a_sampler_takes_is_read_from_its_constructor(tmp_path: Path) -> No
 def test_command_line_parameter_the_sampler_does_not_take_is_an_error() -> None:
     with pytest.raises(ConfigError, match=r"sampler.budget given on the command line .* cap"):
         load_config(DEFAULT, ["sampler.name=tis", "sampler.budget=0.8"])
-    with pytest.raises(ConfigError, match="sampler.params.gamma given on the command line"):
-        load_config(DEFAULT, ["sampler.name=tis", "sampler.params.gamma=1"])
+    with pytest.raises(ConfigError, match="sampler.gamma given on the command line"):
+        load_config(DEFAULT, ["sampler.name=tis", "sampler.gamma=1"])
     # Unsetting a key (null) fits any sampler.
     cfg = load_config(DEFAULT, ["sampler.name=tis", "sampler.budget=null"])
     assert cfg.sampler.budget is None
@@ -272,10 +272,10 @@ def test_math_reward_without_math_verify_is_refused_at_load(
 @pytest.mark.parametrize(
     ("overrides", "match"),
     [
-        (["sampler.estimator=k9"], r"sampler.* \(token_reject\): .*estimator='k9' is not allowed"),
-        (["sampler.estimator=k3"], r"estimator='k3' needs threshold"),
+        (["sampler.estimator=k9"], "sampler.name='token_reject': sampler.estimator='k9' is not"),
+        (["sampler.estimator=k3"], "sampler.estimator='k3' needs sampler.threshold"),
         (["sampler.reduce=max"], r"sampler.reduce given on the command line but"),
-        (["sampler.estimator=k3", "sampler.threshold=0"], "sampler.threshold=0.0 is out of range"),
+        (["sampler.estimator=k3", "sampler.threshold=0"], "sampler.threshold=0 is out of range"),
     ],
 )
 def test_new_sampler_parameters_are_refused_at_load(

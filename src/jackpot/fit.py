@@ -125,7 +125,6 @@ def build_module(cfg: Any) -> Any:
     """Models, task, reward and sampler wired into a :class:`JackpotModule`."""
     from jackpot.models import check_same_vocab
     from jackpot.module import JackpotModule
-    from jackpot.samplers import get_sampler
     from jackpot.tasks.rewards import checked_reward, get_reward
 
     tokenizer = _tokenizer(cfg)
@@ -153,7 +152,7 @@ def build_module(cfg: Any) -> Any:
         train,
         evals,
         checked_reward(cfg.task.reward, get_reward(cfg.task.reward)),
-        get_sampler(cfg.sampler.name, **cfg.sampler.kwargs()),
+        cfg.sampler.build(),
     )
 
 
