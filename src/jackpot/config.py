@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from jackpot.interval import Interval
 
 if TYPE_CHECKING:
+    from jackpot.models import ModelSpec
     from jackpot.samplers.base import Sampler
 
 __all__ = [
@@ -72,6 +73,20 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     """Recompute activations in backward (transformers' activation checkpointing): less memory
     for about one more forward pass per update."""
+
+    def spec(self, vocab_size: int) -> ModelSpec:
+        """The :class:`~jackpot.models.ModelSpec` of the tiny model, for ``vocab_size`` tokens."""
+        from jackpot.models import ModelSpec
+
+        return ModelSpec(
+            vocab_size=vocab_size,
+            family=self.family,  # type: ignore[arg-type]
+            hidden_size=self.hidden_size,
+            num_layers=self.num_layers,
+            num_heads=self.num_heads,
+            intermediate_size=self.intermediate_size,
+            seed=self.seed,
+        )
 
 
 @dataclass
