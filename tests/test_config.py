@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import functools
+import math
+import re
+from dataclasses import fields, is_dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from jackpot.config import ConfigError, load_config
+from jackpot.config import ConfigError, JackpotConfig, load_config, to_yaml, validate
 
-from .conftest import ROOT
+from .conftest import DEFAULT_CONFIG, ROOT
 
 CONFIGS = sorted(p for p in (ROOT / "configs").glob("*.yaml") if not p.stem.startswith("compare"))
 """Run configs (``compare*.yaml`` describe grids of them; tests/test_compare.py loads those)."""
+DEFAULT = DEFAULT_CONFIG
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
@@ -45,7 +51,7 @@ def test_paper_config_mirrors_the_paper(tmp_path: Path) -> None:
 
 
 def test_baseline_configs_change_only_the_method() -> None:
-    default = load_config(ROOT / "configs" / "default.yaml")
+    default = load_config(DEFAULT)
     for name, sampler in [("none", "none"), ("tis", "tis"), ("icepop", "icepop")]:
         cfg = load_config(ROOT / "configs" / f"{name}.yaml")
         assert cfg.sampler.name == sampler
@@ -143,6 +149,47 @@ def test_bad_values_are_refused_with_the_key(overrides: list[str], match: str) -
         load_config(None, ["sampler.name=none", *overrides])
 
 
+def _bounded_fields(section: Any, prefix: str = "") -> list[tuple[str, str, Any]]:
+    """``(key, metadata kind, what is allowed)`` of every field that declares a range or choices."""
+    out = []
+    for f in fields(section):
+        value = getattr(section, f.name)
+        if is_dataclass(value):
+            out += _bounded_fields(value, f"{prefix}{f.name}.")
+        out += [
+            (prefix + f.name, k, f.metadata[k]) for k in ("range", "choices") if k in f.metadata
+        ]
+    return out
+
+
+BOUNDED = _bounded_fields(JackpotConfig())
+
+
+@pytest.mark.parametrize(("key", "kind", "allowed"), BOUNDED, ids=[k for k, _, _ in BOUNDED])
+def test_every_declared_range_and_choice_is_enforced_with_the_key(
+    key: str, kind: str, allowed: Any
+) -> None:
+    """Set each bounded field just outside what its metadata allows, on a default config."""
+    cfg = JackpotConfig()
+    *path, leaf = key.split(".")
+    bad = "nope" if kind == "choices" else allowed.low - 1
+    setattr(functools.reduce(getattr, path, cfg), leaf, bad)
+    problem = "is not allowed" if kind == "choices" else f"is out of range; allowed {key} in"
+    with pytest.raises(ConfigError, match=f"^{re.escape(f'{key}={bad!r} {problem}')}"):
+        validate(cfg, check_devices=False, check_paths=False)
+
+
+def test_printed_sampler_section_is_flat_and_loads_back(tmp_path: Path) -> None:
+    cfg = load_config(DEFAULT, ["sampler.topk=4", "rollout.logprobs_k=4", "sampler.c1=inf"])
+    text = to_yaml(cfg)
+    assert "  name: obrs\n  budget: 0.9\n" in text and "params" not in text
+    printed = tmp_path / "printed.yaml"
+    printed.write_text(text)
+    again = load_config(printed)
+    assert again.sampler == cfg.sampler
+    assert (again.sampler.topk, again.sampler.c1, again.sampler.lam) == (4, math.inf, None)
+
+
 def test_bad_files(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")
@@ -169,8 +216,6 @@ def test_bad_files(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- sampler switching
-
-DEFAULT = ROOT / "configs" / "default.yaml"
 
 
 def test_command_line_sampler_name_drops_the_files_parameters_it_does_not_take(
