@@ -465,8 +465,8 @@ def _check_fields(section: Any, prefix: str = "") -> None:
             allowed = list(f.metadata["choices"])
             raise ConfigError(f"{key}={value!r} is not allowed; choose one of {allowed}")
         elif "range" in f.metadata and value is not None and value not in f.metadata["range"]:
-            rng = f.metadata["range"]
-            raise ConfigError(f"{key}={value!r} is out of range; allowed {key} in {rng}")
+            interval = f.metadata["range"]
+            raise ConfigError(f"{key}={value!r} is out of range; allowed {key} in {interval}")
 
 
 def _validate_relations(cfg: JackpotConfig) -> None:
