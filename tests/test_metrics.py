@@ -34,6 +34,14 @@ def test_compute_resets_and_reports_only_the_keys_updated_since() -> None:
     assert tracker.compute() == {"b": 4.0}
 
 
+def test_weights_count_an_observation_as_that_many() -> None:
+    tracker = MetricTracker()
+    tracker.update({"float": 1.0, "tensor": torch.tensor(1.0)}, weight=3)
+    tracker.update({"float": 0.0, "tensor": torch.tensor(0.0)})
+    tracker.update({"float": math.nan, "tensor": torch.tensor(math.nan)}, weight=5)
+    assert tracker.compute() == {"float": 0.75, "tensor": 0.75}
+
+
 def test_a_key_seen_only_as_nan_reports_nan() -> None:
     tracker = MetricTracker()
     tracker.update({"x": math.nan, "y": torch.tensor(math.nan)})
@@ -51,6 +59,8 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         tracker = MetricTracker()
         tracker.update({"a": float(rank), "b": torch.tensor(10.0 * (rank + 1))})
         tracker.update({"a": math.nan if rank == 0 else 5.0, "b": torch.tensor(0.0)})
+        # an evaluation over uneven shares: rank 0 scored 3 prompts (mean 1), rank 1 one (0)
+        tracker.update({"eval": torch.tensor(1.0 - rank)}, weight=3 - 2 * rank)
         torch.save(tracker.compute(), Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -61,6 +71,7 @@ def test_compute_averages_across_processes(tmp_path: Path) -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     mp.spawn(_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
-    # a: rank 0 saw {0, NaN}, rank 1 saw {1, 5} -> (0 + 1 + 5) / 3; b: (10 + 0 + 20 + 0) / 4
+    # a: rank 0 saw {0, NaN}, rank 1 saw {1, 5} -> (0 + 1 + 5) / 3; b: (10 + 0 + 20 + 0) / 4;
+    # eval: (3 x 1 + 1 x 0) / 4 prompts, not the mean of the two ranks' means
     for rank in range(2):
-        assert torch.load(tmp_path / f"rank{rank}.pt") == {"a": 2.0, "b": 7.5}
+        assert torch.load(tmp_path / f"rank{rank}.pt") == {"a": 2.0, "b": 7.5, "eval": 0.75}

@@ -171,7 +171,7 @@ def test_seq_reject_every_reduction() -> None:
         (SequenceRejection, {"reduce": "max"}, "reduce='max' needs estimator"),
         (SequenceRejection, {"reduce": "min"}, r"reduce='min' is not allowed"),
         (SequenceIcePop, {"alpha": 0.0}, "alpha=0.0 is out of range"),
-        (SequenceIcePop, {"alpha": 1.0, "beta": 1.0}, "need alpha < beta"),
+        (SequenceIcePop, {"alpha": 1.0, "beta": 1.0}, "alpha=1.0 must be < beta=1.0"),
     ],
 )
 def test_new_sampler_parameters_are_checked(cls, kwargs, match: str) -> None:

@@ -10,7 +10,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from jackpot.interval import Interval
+
+if TYPE_CHECKING:
+    from jackpot.models import ModelSpec
+    from jackpot.samplers.base import Sampler
 
 __all__ = [
     "AlgoConfig",
@@ -34,17 +40,29 @@ class ConfigError(ValueError):
     """A configuration value is invalid; the message names the key."""
 
 
+def rng(
+    low: float, high: float = math.inf, *, low_open: bool = False, high_open: bool | None = None
+) -> dict[str, Any]:
+    """Field metadata: the value lies in this interval (None, an unset key, always passes)."""
+    return {"range": Interval(low, high, low_open, high_open)}
+
+
+def one_of(*choices: str) -> dict[str, Any]:
+    """Field metadata: the value is one of ``choices``."""
+    return {"choices": choices}
+
+
 @dataclass
 class ModelConfig:
     """A tiny model built from a transformers config, or a local checkpoint (``path``)."""
 
-    family: str = "qwen2"
+    family: str = field(default="qwen2", metadata=one_of("qwen2", "llama"))
     """Architecture of a tiny model: ``qwen2`` or ``llama``."""
-    hidden_size: int = 64
+    hidden_size: int = field(default=64, metadata=rng(1))
     """Width of a tiny model."""
-    num_layers: int = 2
+    num_layers: int = field(default=2, metadata=rng(1))
     """Depth of a tiny model."""
-    num_heads: int = 4
+    num_heads: int = field(default=4, metadata=rng(1))
     """Attention heads of a tiny model (must divide ``hidden_size``)."""
     intermediate_size: int | None = None
     """MLP width; None = 4 x hidden_size."""
@@ -56,12 +74,28 @@ class ModelConfig:
     """Recompute activations in backward (transformers' activation checkpointing): less memory
     for about one more forward pass per update."""
 
+    def spec(self, vocab_size: int) -> ModelSpec:
+        """The :class:`~jackpot.models.ModelSpec` of the tiny model, for ``vocab_size`` tokens."""
+        from jackpot.models import ModelSpec
+
+        return ModelSpec(
+            vocab_size=vocab_size,
+            family=self.family,  # type: ignore[arg-type]
+            hidden_size=self.hidden_size,
+            num_layers=self.num_layers,
+            num_heads=self.num_heads,
+            intermediate_size=self.intermediate_size,
+            seed=self.seed,
+        )
+
 
 @dataclass
 class TaskConfig:
     """Where prompts, reference answers and rewards come from."""
 
-    name: str = "addition"
+    name: str = field(
+        default="addition", metadata=one_of("addition", "sort", "count", "jsonl", "parquet")
+    )
     """Synthetic task (``addition``, ``sort``, ``count``), or ``jsonl`` / ``parquet`` files."""
     path: str | None = None
     """Local data file for ``jsonl`` / ``parquet`` tasks."""
@@ -69,11 +103,11 @@ class TaskConfig:
     """Field holding the prompt in a local data file."""
     answer_field: str = "answer"
     """Field holding the reference answer in a local data file."""
-    num_train: int = 2000
+    num_train: int = field(default=2000, metadata=rng(1))
     """Synthetic training prompts."""
-    num_eval: int = 64
+    num_eval: int = field(default=64, metadata=rng(1))
     """Synthetic held-out prompts (disjoint from training)."""
-    digits: int = 2
+    digits: int = field(default=2, metadata=rng(1, 12))
     """Size of a synthetic problem: digits per operand (addition), string length (sort, count)."""
     seed: int = 0
     """Seed of the synthetic task generator."""
@@ -96,13 +130,13 @@ class TaskConfig:
 class WarmstartConfig:
     """Short supervised fine-tuning so tiny models start with non-zero reward (cached)."""
 
-    steps: int = 300
+    steps: int = field(default=300, metadata=rng(0))
     """SFT steps per model; 0 disables the warm start."""
-    policy_steps: int | None = None
+    policy_steps: int | None = field(default=None, metadata=rng(0))
     """SFT steps of the policy; None = ``steps``. Fewer steps leave the policy more to learn."""
-    lr: float = 3e-3
+    lr: float = field(default=3e-3, metadata=rng(0, low_open=True))
     """SFT learning rate."""
-    batch_size: int = 64
+    batch_size: int = field(default=64, metadata=rng(1))
     """SFT batch size."""
     cache_dir: str | None = None
     """Cache of warm-started weights; None = ``~/.cache/jackpot/warmstart``."""
@@ -112,19 +146,19 @@ class WarmstartConfig:
 class VLLMConfig:
     """vLLM engine options (``rollout.engine=vllm``); passed to ``vllm.LLM`` as named."""
 
-    gpu_memory_utilization: float = 0.3
+    gpu_memory_utilization: float = field(default=0.3, metadata=rng(0, 1, low_open=True))
     """Fraction of each GPU's memory vLLM may take (weights + KV cache), in (0, 1]; leave room
     for the policy and its optimiser when they share the GPU. On a CPU it sizes the KV cache in
     RAM minus what this process already uses: prefer ``kv_cache_memory_gib`` there."""
-    kv_cache_memory_gib: float | None = None
+    kv_cache_memory_gib: float | None = field(default=None, metadata=rng(0, low_open=True))
     """KV-cache size per device in GiB, overriding ``gpu_memory_utilization``'s sizing (0.1 is
     plenty for tiny models on a CPU); None = derive it from ``gpu_memory_utilization``."""
-    max_model_len: int | None = None
+    max_model_len: int | None = field(default=None, metadata=rng(1))
     """Longest prompt + response vLLM accepts (bounds the KV cache); None = the model's
     ``max_position_embeddings``."""
-    tensor_parallel_size: int = 1
+    tensor_parallel_size: int = field(default=1, metadata=rng(1))
     """GPUs one engine shards each model over."""
-    dtype: str = "float32"
+    dtype: str = field(default="float32", metadata=one_of("float32", "bfloat16", "float16", "auto"))
     """Weights and activations in vLLM: ``float32``, ``bfloat16``, ``float16`` or ``auto`` (vLLM's
     choice: half precision for a float32 checkpoint). ``p_inf`` is recorded in whatever the
     engine computes; match the trainer's precision to keep the policy-rollout gap small."""
@@ -137,21 +171,21 @@ class VLLMConfig:
 class RolloutConfig:
     """How rollouts are generated; these settings define ``p_inf``."""
 
-    prompts_per_step: int = 16
+    prompts_per_step: int = field(default=16, metadata=rng(1))
     """Prompts per RL step (per process)."""
-    group_size: int = 4
+    group_size: int = field(default=4, metadata=rng(1))
     """Responses per prompt (GRPO group size G)."""
-    temperature: float = 1.0
+    temperature: float = field(default=1.0, metadata=rng(0, low_open=True))
     """Sampling temperature (> 0); policy and rollout log-probs are scored at it too."""
-    top_p: float = 1.0
+    top_p: float = field(default=1.0, metadata=rng(0, 1, low_open=True))
     """Nucleus truncation of the sampling distribution, in (0, 1]."""
-    top_k: int = 0
+    top_k: int = field(default=0, metadata=rng(0))
     """Top-k truncation of the sampling distribution; 0 = off."""
-    max_new_tokens: int = 8
+    max_new_tokens: int = field(default=8, metadata=rng(1))
     """Length limit of a response."""
-    logprobs_k: int = 8
+    logprobs_k: int = field(default=8, metadata=rng(1))
     """Top log-probs of ``p_inf`` recorded per position (feeds the top-k Z of OBRS)."""
-    generation_batch_size: int | None = None
+    generation_batch_size: int | None = field(default=None, metadata=rng(1))
     """Most sequences the engine decodes at once; a step's prompts are rolled out in chunks of
     whole groups (KV-cache memory scales with this, not with the step). None = all at once."""
     files: str | None = None
@@ -166,7 +200,7 @@ class RolloutConfig:
     """Train on rollout files whose recorded ``source`` is not this run's task and train split
     (e.g. ``synthetic:addition:train`` for a ``sort`` run); refused by default, since the
     rewards then score other prompts than the ones the run evaluates."""
-    engine: str = "hf"
+    engine: str = field(default="hf", metadata=one_of("hf", "vllm"))
     """Who samples: ``hf`` (jackpot's transformers decode loop: tiny models, CPU) or ``vllm``
     (``pip install jackpot[vllm]``: real models on GPUs); both record the same ``p_inf``."""
     lean_decode: bool = True
@@ -180,85 +214,99 @@ class RolloutConfig:
 
 @dataclass
 class SamplerConfig:
-    """Which sampler corrects the mismatch; None = the sampler's own default."""
+    """Which sampler corrects the mismatch: its ``name`` and the keyword parameters of its
+    constructor, written beside it (``sampler: {name: obrs, budget: 0.9}``, ``sampler.lam=1.5``).
+
+    The constructor checks them (names, ranges, combinations; see each sampler's docstring); a
+    parameter left out or null takes the constructor's default. ``cfg.sampler.budget`` reads one.
+    """
 
     name: str = "none"
     """Sampler registered under ``jackpot.samplers`` (none, is, tis, icepop, rs, obrs, ...)."""
-    lam: float | None = None
-    """OBRS threshold lambda > 0 (exclusive with ``budget``)."""
-    budget: float | None = None
-    """OBRS target acceptance rate in (0, 1], held every step (exclusive with ``lam``)."""
-    topk: int | None = None
-    """OBRS: k >= 1 for the top-k Z with kappa; None = exact Z from full logits."""
-    c1: float | None = None
-    """OBRS truncation of the importance weight (> 0)."""
-    c2: float | None = None
-    """OBRS truncation of p_ref/p_target (> 0; the factor is 1 when p_target = ref)."""
-    p_target: str | None = None
-    """OBRS alignment target: ``ref`` (fixed per step) or ``new`` (recomputed per minibatch)."""
-    aggregation: str | None = None
-    """OBRS weight/denominator pairing: ``accepted`` (paper) or ``proposal``."""
-    cap: float | None = None
-    """Truncation C of ``tis`` / ``seq_tis``."""
-    normalize: bool | None = None
-    """``tis`` / ``seq_tis``: rescale the weights to mean 1 over the batch (verl's
-    ``rollout_is_batch_normalize``)."""
-    alpha: float | None = None
-    """Lower ratio bound of ``icepop`` / ``seq_icepop`` / ``geo_mask``, and of the k1 band of
-    ``token_reject`` / ``seq_reject`` (verl's k1 ``lower_upper`` is ``1/upper``, ``1/lower``)."""
-    beta: float | None = None
-    """Upper ratio bound of the same samplers."""
-    estimator: str | None = None
-    """``token_reject`` / ``seq_reject``: divergence ``k1`` (ratio band alpha/beta), ``k2`` or
-    ``k3`` (upper bound ``threshold``)."""
-    reduce: str | None = None
-    """``seq_reject``: ``sum``, ``mean`` or ``max`` of the token divergences of a sequence."""
-    threshold: float | None = None
-    """``token_reject`` / ``seq_reject`` with k2 / k3: the largest divergence kept (> 0)."""
     params: dict[str, Any] = field(default_factory=dict)
-    """Extra keyword parameters, e.g. for a third-party sampler."""
+    """Its parameters (in YAML and on the command line they sit beside ``name``)."""
+
+    def __post_init__(self) -> None:
+        """Numbers that YAML leaves as text (``1e-3``, ``inf``, ``nan``) become floats, as the
+        float-typed keys of other sections read them."""
+        self.params = {k: _number(v) for k, v in self.params.items()}
 
     def kwargs(self) -> dict[str, Any]:
-        """Parameters to pass to the sampler: every field that is set, plus ``params``."""
-        out = {
-            f.name: getattr(self, f.name)
-            for f in fields(self)
-            if f.name not in ("name", "params") and getattr(self, f.name) is not None
-        }
-        return {**out, **self.params}
+        """Parameters to pass to the sampler: every one that is set (not null)."""
+        return {k: v for k, v in self.params.items() if v is not None}
+
+    def build(self) -> Sampler:
+        """The sampler this section describes (its constructor checks the parameters)."""
+        from jackpot.samplers import get_sampler
+
+        return get_sampler(self.name, **self.kwargs())
+
+    def __getattr__(self, key: str) -> Any:
+        """``cfg.sampler.budget``: an installed sampler's parameter, None when not set."""
+        if key.startswith("_") or key not in _sampler_parameter_names():
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {key!r}")
+        return self.params.get(key)
+
+
+def _number(value: Any) -> Any:
+    """``value`` as a float if it is text that spells one, else unchanged."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
+
+
+def _sampler_parameter_names() -> set[str]:
+    """Every parameter some installed sampler takes (the ``sampler.*`` keys there are)."""
+    from jackpot.samplers.registry import available_samplers, sampler_parameters
+
+    return {p for name in available_samplers() for p in sampler_parameters(name)}
 
 
 @dataclass
 class AlgoConfig:
     """The RL algorithm: who rolls out, advantages, PPO, rollout-model training."""
 
-    mode: str = "decoupled"
+    mode: str = field(default="decoupled", metadata=one_of("decoupled", "on_policy"))
     """``decoupled`` (the rollout model rolls out) or ``on_policy`` (the policy does)."""
-    advantage: str = "grpo"
+    advantage: str = field(default="grpo", metadata=one_of("grpo", "drgrpo", "rloo"))
     """Group advantage: ``grpo``, ``drgrpo`` or ``rloo``."""
-    ppo_epochs: int = 1
+    ppo_epochs: int = field(default=1, metadata=rng(1))
     """Passes over each step's rollouts."""
-    minibatches: int = 2
+    minibatches: int = field(default=2, metadata=rng(1))
     """Optimiser steps per epoch (the rollouts are split into this many minibatches)."""
-    policy_loss: str = "ppo"
+    policy_loss: str = field(
+        default="ppo", metadata=one_of("ppo", "dual_clip", "gspo", "cispo", "gmpo", "reinforce")
+    )
     """Policy loss of both models: ``ppo`` (clipped ratio), ``dual_clip`` (PPO floored at
     ``clip_ratio_c x A`` for A < 0; verl's ``vanilla``), ``gspo`` (sequence ratio), ``cispo``
     (clipped, stop-gradient IS weight on ``A log p``), ``gmpo`` (geometric mean of the token
     ratios) or ``reinforce`` (``A log p``, weights applied); see docs/math.md."""
-    clip_eps: float = 0.2
+    clip_eps: float = field(default=0.2, metadata=rng(0, 1, low_open=True, high_open=True))
     """Clip range (the lower one when ``clip_eps_high`` is set): the ratio is clipped to
     ``[1 - clip_eps, 1 + clip_eps_high]``; for ``gmpo`` the log-ratio to ``[-clip_eps,
     clip_eps_high]``."""
-    clip_eps_high: float | None = None
+    clip_eps_high: float | None = field(default=None, metadata=rng(0, low_open=True))
     """Upper clip range (DAPO's clip-higher, verl's ``clip_ratio_high``); None = ``clip_eps``."""
-    clip_ratio_c: float = 3.0
+    clip_ratio_c: float = field(default=3.0, metadata=rng(1, low_open=True))
     """``dual_clip``: the ratio bound ``c > 1`` of negative-advantage tokens (verl's default 3)."""
     clip: bool = True
     """False = the paper's no-clip ablation (plain ratio objective; ``policy_loss=ppo`` only)."""
     bypass_old_logprobs: bool = False
     """Use the rollout engine's log-probs ``p_inf`` as the old policy of the ratio (verl's bypass
     mode) instead of ``p_ref`` / ``p_w_old``; samplers still see ``p_ref``."""
-    agg: str = "token-mean"
+    agg: str = field(
+        default="token-mean",
+        metadata=one_of(
+            "token-mean",
+            "token-sum",
+            "seq-mean-token-mean",
+            "seq-mean-token-sum",
+            "seq-mean-token-sum-norm",
+        ),
+    )
     """Loss aggregation: ``token-mean``, ``token-sum``, ``seq-mean-token-mean``,
     ``seq-mean-token-sum`` or ``seq-mean-token-sum-norm`` (see docs/losses.md)."""
     train_rollout: bool = True
@@ -267,17 +315,17 @@ class AlgoConfig:
     """With ``train_rollout``: give the rollout model its own PPO loss besides the distillation.
     False = distillation towards the policy alone (the paper's "TIS + Reverse KL" and "Only
     Reverse KL" baselines)."""
-    rollout_tis_cap: float = 2.0
+    rollout_tis_cap: float = field(default=2.0, metadata=rng(0, low_open=True))
     """Truncation of p_w_old/p_inf in the rollout model's PPO loss."""
-    distill_coef: float = 0.5
+    distill_coef: float = field(default=0.5, metadata=rng(0))
     """beta_dist, weight of KL(SG(p_new) || p_w) in the joint loss."""
-    distill_direction: str = "forward"
+    distill_direction: str = field(default="forward", metadata=one_of("forward", "reverse"))
     """``forward`` KL(SG(p_new) || p_w) or ``reverse`` KL(p_w || SG(p_new))."""
-    distill_target_kl: float | None = None
+    distill_target_kl: float | None = field(default=None, metadata=rng(0, low_open=True))
     """When set, a controller adapts ``distill_coef`` to hold this mismatch KL (k3, nats)."""
     distill_coef_bounds: tuple[float, float] = (0.01, 10.0)
     """Range the controller keeps ``distill_coef`` in."""
-    max_nonfinite_skips: int = 3
+    max_nonfinite_skips: int = field(default=3, metadata=rng(1))
     """Consecutive skipped (non-finite) updates after which the run stops with a checkpoint."""
 
 
@@ -285,13 +333,13 @@ class AlgoConfig:
 class OptimConfig:
     """AdamW with linear warm-up, for one model."""
 
-    lr: float = 1e-4
+    lr: float = field(default=1e-4, metadata=rng(0, low_open=True))
     """Peak learning rate."""
-    weight_decay: float = 0.0
+    weight_decay: float = field(default=0.0, metadata=rng(0))
     """AdamW weight decay."""
-    warmup_steps: int = 0
+    warmup_steps: int = field(default=0, metadata=rng(0))
     """Optimiser steps of linear warm-up."""
-    grad_clip: float = 1.0
+    grad_clip: float = field(default=1.0, metadata=rng(0, low_open=True))
     """Gradient-norm clip (> 0)."""
 
 
@@ -299,40 +347,42 @@ class OptimConfig:
 class TrainerConfig:
     """Lightning Trainer settings."""
 
-    max_steps: int = 40
+    max_steps: int = field(default=40, metadata=rng(1))
     """RL steps (one rollout + updates each)."""
-    accelerator: str = "cpu"
+    accelerator: str = field(default="cpu", metadata=one_of("cpu", "gpu", "cuda", "auto"))
     """``cpu``, ``gpu``/``cuda`` or ``auto``."""
-    devices: int = 1
+    devices: int = field(default=1, metadata=rng(1))
     """Processes/devices per node."""
-    num_nodes: int = 1
+    num_nodes: int = field(default=1, metadata=rng(1))
     """Nodes (machines); a run has ``num_nodes x devices`` processes (launched by torchrun or
     SLURM on each node)."""
     strategy: str = "auto"
     """``auto``, ``ddp`` (and Lightning's ddp variants), ``fsdp`` (FSDP2: both models sharded
     layer by layer, CPU or GPU), ``deepspeed`` (GPU, one optimiser)."""
-    precision: str = "32-true"
+    precision: str = field(
+        default="32-true", metadata=one_of("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed")
+    )
     """``32-true``, ``bf16-mixed``, ``bf16-true``, ``16-mixed``."""
-    checkpoint_every: int = 10
+    checkpoint_every: int = field(default=10, metadata=rng(1))
     """RL steps between checkpoints."""
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = field(default=2, metadata=rng(1))
     """Checkpoints kept (older ones are deleted after a new one is written)."""
-    eval_every: int = 10
+    eval_every: int = field(default=10, metadata=rng(0))
     """RL steps between evaluations of the policy on the held-out split; 0 = never."""
-    eval_samples: int = 4
+    eval_samples: int = field(default=4, metadata=rng(1))
     """k of mean@k / pass@k."""
-    num_threads: int | None = None
+    num_threads: int | None = field(default=None, metadata=rng(1))
     """torch CPU threads; None = torch's default."""
-    micro_batch_size: int | None = None
+    micro_batch_size: int | None = field(default=None, metadata=rng(1))
     """Sequences per forward pass, for scoring and for the updates (a minibatch is then several
     micro-batches with gradient accumulation; the gradient equals the unsplit one). Bounds the
     memory of a step: logits exist for one micro-batch at a time. None = chosen every step from
     ``micro_batch_tokens`` and ``micro_batch_logits_gb`` (the memory then stays flat as the
     batch grows)."""
-    micro_batch_tokens: int = 16384
+    micro_batch_tokens: int = field(default=16384, metadata=rng(1))
     """Automatic micro-batches: at most this many (padded) tokens per forward pass, which
     bounds the activations (verl's default ``ppo_max_token_len_per_gpu``)."""
-    micro_batch_logits_gb: float = 0.25
+    micro_batch_logits_gb: float = field(default=0.25, metadata=rng(0, low_open=True))
     """Automatic micro-batches: at most this many GB of fp32 response logits per forward pass
     (sequences x response tokens x vocabulary x 4 bytes; 12 sequences of 32 tokens at a
     152k vocabulary). The pass's log-softmax and gradient hold a few copies of them."""
@@ -342,7 +392,7 @@ class TrainerConfig:
     response token is predicted (the same values as the model's forward). False, FSDP2,
     DeepSpeed ZeRO-3, sliding-window attention, attention dropout or another architecture
     use the model's forward."""
-    max_full_logits_gb: float = 4.0
+    max_full_logits_gb: float = field(default=4.0, metadata=rng(0, low_open=True))
     """Largest size of the full ``(N, T, V)`` fp32 logits that full-logit samplers (exact-Z
     ``obrs``, ``rs``) keep across a step; a bigger config is refused at load."""
 
@@ -357,7 +407,7 @@ class RunConfig:
     """Seed of every random draw (rollouts, acceptance, prompt order)."""
     resume: bool = False
     """Continue from the newest valid checkpoint in ``dir``."""
-    logger: str = "csv"
+    logger: str = field(default="csv", metadata=one_of("csv", "tensorboard"))
     """``csv`` or ``tensorboard`` (in addition to csv)."""
     plot: bool = True
     """Write ``plot.png`` (reward, mismatch KL, acceptance) at the end."""
@@ -382,104 +432,9 @@ class JackpotConfig:
 
 # ----------------------------------------------------------------------------- validation
 
-_CHOICES: dict[str, tuple[str, ...]] = {
-    "policy.family": ("qwen2", "llama"),
-    "rollout_model.family": ("qwen2", "llama"),
-    "algo.mode": ("decoupled", "on_policy"),
-    "rollout.engine": ("hf", "vllm"),
-    "rollout.vllm.dtype": ("float32", "bfloat16", "float16", "auto"),
-    "algo.advantage": ("grpo", "drgrpo", "rloo"),
-    "algo.policy_loss": ("ppo", "dual_clip", "gspo", "cispo", "gmpo", "reinforce"),
-    "algo.agg": (
-        "token-mean",
-        "token-sum",
-        "seq-mean-token-mean",
-        "seq-mean-token-sum",
-        "seq-mean-token-sum-norm",
-    ),
-    "algo.distill_direction": ("forward", "reverse"),
-    "trainer.accelerator": ("cpu", "gpu", "cuda", "auto"),
-    "trainer.precision": ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed"),
-    "run.logger": ("csv", "tensorboard"),
-}
 _STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true", "fsdp", "deepspeed")
 _FSDP_PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true")
 """fp16 would need a gradient scaler over the sharded gradients, which FSDP2 does not bring."""
-
-# key -> (low, high, low_open, high_open); ints and floats alike.
-_RANGES: dict[str, tuple[float, float, bool, bool]] = {
-    "policy.hidden_size": (1, math.inf, False, True),
-    "policy.num_layers": (1, math.inf, False, True),
-    "policy.num_heads": (1, math.inf, False, True),
-    "rollout_model.hidden_size": (1, math.inf, False, True),
-    "rollout_model.num_layers": (1, math.inf, False, True),
-    "rollout_model.num_heads": (1, math.inf, False, True),
-    "task.num_train": (1, math.inf, False, True),
-    "task.num_eval": (1, math.inf, False, True),
-    "task.digits": (1, 12, False, False),
-    "warmstart.steps": (0, math.inf, False, True),
-    "warmstart.lr": (0, math.inf, True, True),
-    "warmstart.batch_size": (1, math.inf, False, True),
-    "rollout.prompts_per_step": (1, math.inf, False, True),
-    "rollout.group_size": (1, math.inf, False, True),
-    "rollout.temperature": (0, math.inf, True, True),
-    "rollout.top_p": (0, 1, True, False),
-    "rollout.top_k": (0, math.inf, False, True),
-    "rollout.max_new_tokens": (1, math.inf, False, True),
-    "rollout.logprobs_k": (1, math.inf, False, True),
-    "rollout.generation_batch_size": (1, math.inf, False, True),
-    "rollout.vllm.gpu_memory_utilization": (0, 1, True, False),
-    "rollout.vllm.kv_cache_memory_gib": (0, math.inf, True, True),
-    "rollout.vllm.max_model_len": (1, math.inf, False, True),
-    "rollout.vllm.tensor_parallel_size": (1, math.inf, False, True),
-    "sampler.lam": (0, math.inf, True, True),
-    "sampler.budget": (0, 1, True, False),
-    "sampler.topk": (1, math.inf, False, True),
-    "sampler.c1": (0, math.inf, True, False),
-    "sampler.c2": (0, math.inf, True, False),
-    "sampler.cap": (0, math.inf, True, True),
-    "sampler.threshold": (0, math.inf, True, False),
-    "algo.ppo_epochs": (1, math.inf, False, True),
-    "algo.minibatches": (1, math.inf, False, True),
-    "algo.clip_eps": (0, 1, True, True),
-    "algo.clip_eps_high": (0, math.inf, True, True),
-    "algo.clip_ratio_c": (1, math.inf, True, True),
-    "algo.rollout_tis_cap": (0, math.inf, True, True),
-    "algo.distill_coef": (0, math.inf, False, True),
-    "algo.distill_target_kl": (0, math.inf, True, True),
-    "algo.max_nonfinite_skips": (1, math.inf, False, True),
-    "policy_optim.lr": (0, math.inf, True, True),
-    "policy_optim.weight_decay": (0, math.inf, False, True),
-    "policy_optim.warmup_steps": (0, math.inf, False, True),
-    "policy_optim.grad_clip": (0, math.inf, True, True),
-    "rollout_optim.lr": (0, math.inf, True, True),
-    "rollout_optim.weight_decay": (0, math.inf, False, True),
-    "rollout_optim.warmup_steps": (0, math.inf, False, True),
-    "rollout_optim.grad_clip": (0, math.inf, True, True),
-    "trainer.max_steps": (1, math.inf, False, True),
-    "trainer.devices": (1, math.inf, False, True),
-    "trainer.num_nodes": (1, math.inf, False, True),
-    "trainer.checkpoint_every": (1, math.inf, False, True),
-    "trainer.keep_checkpoints": (1, math.inf, False, True),
-    "trainer.eval_every": (0, math.inf, False, True),
-    "trainer.eval_samples": (1, math.inf, False, True),
-    "trainer.num_threads": (1, math.inf, False, True),
-    "trainer.micro_batch_size": (1, math.inf, False, True),
-    "trainer.micro_batch_tokens": (1, math.inf, False, True),
-    "trainer.micro_batch_logits_gb": (0, math.inf, True, True),
-    "trainer.max_full_logits_gb": (0, math.inf, True, True),
-}
-
-
-def _get(cfg: JackpotConfig, key: str) -> Any:
-    obj: Any = cfg
-    for part in key.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-def _fmt_range(low: float, high: float, low_open: bool, high_open: bool) -> str:
-    return f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
 
 
 def validate(
@@ -491,20 +446,7 @@ def validate(
     ``check_paths=False`` the model, data and rollout-file paths (to validate or print a GPU
     cluster's config on a laptop); a run checks both when it starts.
     """
-    for key, choices in _CHOICES.items():
-        value = _get(cfg, key)
-        if value not in choices:
-            raise ConfigError(f"{key}={value!r} is not allowed; choose one of {list(choices)}")
-    for key, (low, high, low_open, high_open) in _RANGES.items():
-        value = _get(cfg, key)
-        if value is None:
-            continue
-        v = float(value)
-        ok = not math.isnan(v) and (v > low if low_open else v >= low)
-        ok = ok and (v < high if high_open else v <= high)
-        if not ok:
-            rng = _fmt_range(low, high, low_open, high_open)
-            raise ConfigError(f"{key}={value!r} is out of range; allowed {key} in {rng}")
+    _check_fields(cfg)
     _validate_relations(cfg)
     if check_paths:
         check_paths_exist(cfg)
@@ -513,17 +455,22 @@ def validate(
     return cfg
 
 
+def _check_fields(section: Any, prefix: str = "") -> None:
+    """Each field's ``one_of`` choices and ``rng`` range (its metadata), section by section."""
+    for f in fields(section):
+        key, value = prefix + f.name, getattr(section, f.name)
+        if is_dataclass(value):
+            _check_fields(value, f"{key}.")
+        elif "choices" in f.metadata and value not in f.metadata["choices"]:
+            allowed = list(f.metadata["choices"])
+            raise ConfigError(f"{key}={value!r} is not allowed; choose one of {allowed}")
+        elif "range" in f.metadata and value is not None and value not in f.metadata["range"]:
+            interval = f.metadata["range"]
+            raise ConfigError(f"{key}={value!r} is out of range; allowed {key} in {interval}")
+
+
 def _validate_relations(cfg: JackpotConfig) -> None:
     """Checks that involve more than one key, or the environment."""
-    s = cfg.sampler
-    if s.lam is not None and s.budget is not None:
-        raise ConfigError(
-            f"sampler.lam={s.lam} and sampler.budget={s.budget} are mutually exclusive; set one"
-        )
-    if s.p_target is not None and s.p_target not in ("ref", "new"):
-        raise ConfigError(f"sampler.p_target={s.p_target!r} is not allowed; choose 'ref' or 'new'")
-    if s.alpha is not None and s.beta is not None and s.alpha >= s.beta:
-        raise ConfigError(f"sampler.alpha={s.alpha} must be < sampler.beta={s.beta}")
     _validate_sampler(cfg)
     _validate_strategy(cfg)
     for key in ("policy", "rollout_model"):
@@ -536,17 +483,13 @@ def _validate_relations(cfg: JackpotConfig) -> None:
     if cfg.task.name in ("jsonl", "parquet"):
         if cfg.task.path is None:
             raise ConfigError(f"task.path=None; task.name={cfg.task.name!r} needs a local file")
-    elif cfg.task.name not in ("addition", "sort", "count"):
-        raise ConfigError(
-            f"task.name={cfg.task.name!r} is not allowed; choose one of "
-            "['addition', 'sort', 'count', 'jsonl', 'parquet']"
-        )
     else:
         _validate_task_size(cfg.task)
     _validate_reward(cfg.task.reward)
-    if cfg.rollout.files is None and cfg.rollout.logprobs_k < (s.topk or 1):
+    topk = cfg.sampler.topk
+    if cfg.rollout.files is None and cfg.rollout.logprobs_k < (topk or 1):
         raise ConfigError(
-            f"sampler.topk={s.topk} needs rollout.logprobs_k >= {s.topk}, got "
+            f"sampler.topk={topk} needs rollout.logprobs_k >= {topk}, got "
             f"{cfg.rollout.logprobs_k} (the rollout must record that many p_inf log-probs)"
         )
     if not cfg.algo.clip and cfg.algo.policy_loss != "ppo":
@@ -618,7 +561,6 @@ def _validate_rollout_files(cfg: JackpotConfig) -> None:
     spec = cfg.rollout.files
     if spec is None:
         return
-    from jackpot.samplers import get_sampler
 
     if not spec.strip():
         raise ConfigError("rollout.files='' is empty; name a directory or glob, or null")
@@ -633,7 +575,7 @@ def _validate_rollout_files(cfg: JackpotConfig) -> None:
             "algo.train_rollout=false: rollouts are read from the files, so a trained rollout "
             "model would never roll out (and the model that wrote them is not loaded)"
         )
-    sampler = get_sampler(cfg.sampler.name, **cfg.sampler.kwargs())
+    sampler = cfg.sampler.build()
     needs = sampler.needs()
     if "logits" in needs:
         fix = (
@@ -660,13 +602,12 @@ def _check_rollout_file_headers(cfg: JackpotConfig) -> None:
         read_infos,
         resolve_rollout_files,
     )
-    from jackpot.samplers import get_sampler
 
     try:
         files = resolve_rollout_files(spec)
     except FileNotFoundError as exc:
         raise ConfigError(f"rollout.files={spec!r}: {exc}") from None
-    sampler = get_sampler(cfg.sampler.name, **cfg.sampler.kwargs())
+    sampler = cfg.sampler.build()
     sampler_topk = sampler.topk_k() if "topk" in sampler.needs() else None
     for info in read_infos(files):
         check_rollout_file(info, temperature=cfg.rollout.temperature, sampler_topk=sampler_topk)
@@ -674,15 +615,31 @@ def _check_rollout_file_headers(cfg: JackpotConfig) -> None:
 
 
 def _validate_sampler(cfg: JackpotConfig) -> None:
-    """Build the sampler once so unknown names and bad parameters fail at load time."""
-    from jackpot.samplers import SamplerParameterError, get_sampler
+    """Build the sampler once, so an unknown name or parameter and a bad value fail at load
+    time with the keys named (``sampler.lam=0 is out of range; ...``)."""
+    from jackpot.samplers import SamplerParameterError
+    from jackpot.samplers.registry import sampler_parameters
 
+    name, given = cfg.sampler.name, cfg.sampler.kwargs()
     try:
-        sampler = get_sampler(cfg.sampler.name, **cfg.sampler.kwargs())
-    except SamplerParameterError as exc:
-        raise ConfigError(f"sampler.* ({cfg.sampler.name}): {exc}") from None
+        accepted = sampler_parameters(name)
     except ValueError as exc:
-        raise ConfigError(f"sampler.name={cfg.sampler.name!r}: {exc}") from None
+        raise ConfigError(f"sampler.name={name!r}: {exc}") from None
+    for key in given:
+        if key in accepted:
+            continue
+        if key not in _sampler_parameter_names():
+            raise ConfigError(
+                f"unknown config key 'sampler.{key}'{_did_you_mean('sampler.' + key)}"
+            )
+        raise ConfigError(
+            f"sampler.{key}={given[key]!r} is not a parameter of sampler.name={name!r}; "
+            f"{name!r} takes: {', '.join(accepted) or 'no parameters'}"
+        )
+    try:
+        sampler = cfg.sampler.build()
+    except SamplerParameterError as exc:
+        raise ConfigError(f"sampler.name={name!r}: {exc.as_keys('sampler')}") from None
     if "logits" in sampler.needs() and cfg.algo.mode != "decoupled":
         raise ConfigError(
             f"sampler.name={cfg.sampler.name!r} needs the full p_inf of a rollout model, which "
@@ -812,14 +769,17 @@ def load_config(
     try:
         from_file = OmegaConf.merge(
             schema,
-            *(OmegaConf.create(d) for d in (_config_layers(Path(path), ()) if path else [])),
+            *(
+                OmegaConf.create(_nest_sampler(d))
+                for d in (_config_layers(Path(path), ()) if path else [])
+            ),
         )
         for item in overrides or []:
             if "=" not in item:
                 raise ConfigError(f"override {item!r} must look like key=value")
             if "${" in item:
                 raise ConfigError(f"override {item!r} uses interpolation; not allowed")
-        command_line = OmegaConf.from_dotlist(list(overrides or []))
+        command_line = OmegaConf.from_dotlist([_nest_override(o) for o in overrides or []])
         OmegaConf.merge(schema, command_line)  # unknown keys and bad types, named as given
         given = command_line.get("sampler")
         if given is not None:
@@ -829,6 +789,25 @@ def load_config(
         raise ConfigError(_omegaconf_message(exc)) from None
     assert isinstance(cfg, JackpotConfig)
     return validate(cfg, check_devices, check_paths)
+
+
+def _nest_sampler(layer: dict[str, Any]) -> dict[str, Any]:
+    """A file's layer with its ``sampler`` section as the schema holds it: the parameters
+    written beside ``name`` moved under ``params``."""
+    section = layer.get("sampler")
+    if not isinstance(section, dict):
+        return layer
+    name = {k: v for k, v in section.items() if k == "name"}
+    params = {k: v for k, v in section.items() if k != "name"}
+    return {**layer, "sampler": {**name, "params": params}}
+
+
+def _nest_override(item: str) -> str:
+    """``sampler.lam=1.5`` as the schema holds it, ``sampler.params.lam=1.5``; others as given."""
+    key, _, value = item.partition("=")
+    if key.startswith("sampler.") and key != "sampler.name":
+        return f"sampler.params.{key.removeprefix('sampler.')}={value}"
+    return item
 
 
 def _apply_sampler_overrides(from_file: Any, given: Any) -> None:
@@ -843,9 +822,10 @@ def _apply_sampler_overrides(from_file: Any, given: Any) -> None:
 
     from jackpot.samplers.registry import sampler_parameters
 
+    params = given.get("params") or {}
     for key, other in (("lam", "budget"), ("budget", "lam")):
-        if given.get(key) is not None and other not in given:
-            from_file[other] = None
+        if params.get(key) is not None and other not in params:
+            from_file.params.pop(other, None)
     name = given.get("name")
     if name is None or name == from_file.name:
         return
@@ -853,29 +833,21 @@ def _apply_sampler_overrides(from_file: Any, given: Any) -> None:
         accepted = set(sampler_parameters(name))
     except ValueError as exc:
         raise ConfigError(f"sampler.name={name!r}: {exc}") from None
-    wrong = [  # a null value unsets a key, which fits any sampler
-        f"sampler.{k}"
-        for k, v in given.items()
-        if k not in ("name", "params", *accepted) and v is not None
-    ]
-    wrong += [f"sampler.params.{k}" for k in given.get("params") or {} if k not in accepted]
+    # a null value unsets a key, which fits any sampler
+    wrong = [f"sampler.{k}" for k, v in params.items() if k not in accepted and v is not None]
     if wrong:
         raise ConfigError(
             f"{', '.join(wrong)} given on the command line but sampler.name={name!r} does not "
             f"take it; {name!r} takes: {', '.join(sorted(accepted)) or 'no parameters'}"
         )
-    dropped = []
-    for key in [f.name for f in fields(SamplerConfig) if f.name not in ("name", "params")]:
-        if from_file[key] is not None and key not in accepted and key not in given:
-            from_file[key] = None
-            dropped.append(f"sampler.{key}")
-    for key in [k for k in from_file.params if k not in accepted]:
+    dropped = [k for k in from_file.params if k not in accepted and k not in params]
+    said = [f"sampler.{k}" for k in dropped if from_file.params[k] is not None]
+    for key in dropped:
         del from_file.params[key]
-        dropped.append(f"sampler.params.{key}")
-    if dropped:
+    if said:
         print(
             f"sampler.name={name} (command line): ignoring the config file's "
-            f"{', '.join(dropped)} ({name!r} does not take them)",
+            f"{', '.join(said)} ({name!r} does not take them)",
             file=sys.stderr,
         )
 
@@ -925,13 +897,16 @@ def _omegaconf_message(exc: Exception) -> str:
 
 
 def _schema_keys(schema: Any = JackpotConfig, prefix: str = "") -> list[str]:
-    """Every dotted key of the schema, sections included (``sampler``, ``sampler.budget``)."""
+    """Every dotted key of the schema, sections included (``sampler``, ``sampler.budget``);
+    the sampler's are ``name`` and every installed sampler's parameters."""
     keys = []
     for f in fields(schema):
-        keys.append(prefix + f.name)
-        default = getattr(schema(), f.name)
-        if is_dataclass(default):
-            keys.extend(_schema_keys(type(default), f"{prefix}{f.name}."))
+        key, default = prefix + f.name, getattr(schema(), f.name)
+        keys.append(key)
+        if isinstance(default, SamplerConfig):
+            keys += [f"{key}.{p}" for p in ("name", *sorted(_sampler_parameter_names()))]
+        elif is_dataclass(default):
+            keys.extend(_schema_keys(type(default), f"{key}."))
     return keys
 
 
@@ -957,11 +932,14 @@ def to_yaml(cfg: JackpotConfig) -> str:
     """The resolved config as YAML (written to ``run.dir`` and shown by ``--print-config``)."""
     from omegaconf import OmegaConf
 
-    return str(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    return str(OmegaConf.to_yaml(OmegaConf.create(as_dict(cfg))))
 
 
 def as_dict(cfg: Any) -> Any:
-    """Plain nested dict of a config dataclass (for hyper-parameter logging)."""
+    """Plain nested dict of a config dataclass (for hyper-parameter logging), the sampler's
+    section as written: ``{"name": ..., **parameters}``."""
+    if isinstance(cfg, SamplerConfig):
+        return {"name": cfg.name, **cfg.params}
     if is_dataclass(cfg) and not isinstance(cfg, type):
         return {f.name: as_dict(getattr(cfg, f.name)) for f in fields(cfg)}
     if isinstance(cfg, tuple):

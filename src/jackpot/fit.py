@@ -88,32 +88,6 @@ def _prompt_check(cfg: Any, tokenizer: Any, models: list[tuple[str, Any]]) -> Pr
     return check
 
 
-def _build_model(cfg: Any, key: str, tokenizer: Any, sft_steps: int) -> Any:
-    """A local checkpoint, or a tiny model warm-started on the synthetic task (cached)."""
-    from jackpot.models import ModelSpec, build_model, check_tokenizer_fits, from_pretrained
-    from jackpot.warmstart import SFTConfig, warm_start
-
-    m = getattr(cfg, key)
-    if m.path is not None:
-        model = from_pretrained(m.path, key=key)
-        check_tokenizer_fits(tokenizer, model, key)
-        return model
-    spec = ModelSpec(
-        vocab_size=tokenizer.vocab_size,
-        family=m.family,
-        hidden_size=m.hidden_size,
-        num_layers=m.num_layers,
-        num_heads=m.num_heads,
-        intermediate_size=m.intermediate_size,
-        seed=m.seed,
-    )
-    if sft_steps == 0 or cfg.task.name in ("jsonl", "parquet"):
-        return build_model(spec)
-    w = cfg.warmstart
-    sft = SFTConfig(steps=sft_steps, batch_size=w.batch_size, lr=w.lr, seed=m.seed)
-    return warm_start(spec, cfg.task.spec(), tokenizer, sft, w.cache_dir).model
-
-
 def _tokenizer(cfg: Any) -> Any:
     from jackpot.models import load_tokenizer
     from jackpot.tasks.tokenizer import CharTokenizer
@@ -125,19 +99,16 @@ def build_module(cfg: Any) -> Any:
     """Models, task, reward and sampler wired into a :class:`JackpotModule`."""
     from jackpot.models import check_same_vocab
     from jackpot.module import JackpotModule
-    from jackpot.samplers import get_sampler
     from jackpot.tasks.rewards import checked_reward, get_reward
+    from jackpot.warmstart import run_model
 
     tokenizer = _tokenizer(cfg)
-    w = cfg.warmstart
-    policy = _build_model(
-        cfg, "policy", tokenizer, w.steps if w.policy_steps is None else w.policy_steps
-    )
+    policy = run_model(cfg, "policy", tokenizer)
     rollout_model = None
     if cfg.rollout.files is not None:  # offline: the files' rollouts are all there is of it
         _check_rollout_files(cfg, policy, tokenizer)
     elif cfg.algo.mode == "decoupled":  # on-policy runs never use a rollout model
-        rollout_model = _build_model(cfg, "rollout_model", tokenizer, w.steps)
+        rollout_model = run_model(cfg, "rollout_model", tokenizer)
         check_same_vocab(rollout_model, policy)
     for model, key in ((policy, "policy"), (rollout_model, "rollout_model")):
         if model is not None and getattr(cfg, key).gradient_checkpointing:
@@ -153,7 +124,7 @@ def build_module(cfg: Any) -> Any:
         train,
         evals,
         checked_reward(cfg.task.reward, get_reward(cfg.task.reward)),
-        get_sampler(cfg.sampler.name, **cfg.sampler.kwargs()),
+        cfg.sampler.build(),
     )
 
 

@@ -128,7 +128,8 @@ class MetricTracker(nn.Module):
     An update costs about a microsecond per key: floats are summed at once and tensors are
     only kept (no host sync per key). :meth:`compute` reduces everything into one ``(2, K)``
     tensor of sums and counts and, with several processes, all-reduces it in one call, so
-    every rank must update the same keys in a step.
+    every rank must update the same keys in a step. A ``weight`` makes a mean over uneven
+    shares (a rank's evaluated prompts) the mean over all of them.
     """
 
     anchor: Tensor
@@ -138,22 +139,24 @@ class MetricTracker(nn.Module):
         super().__init__()
         self.register_buffer("anchor", torch.zeros(0), persistent=False)
         self._sums: dict[str, list[float]] = {}  # key -> [sum, count] of the float observations
-        self._tensors: list[tuple[str, Tensor]] = []  # tensor observations, reduced in compute
+        # tensor observations and their weights, reduced in compute
+        self._tensors: list[tuple[str, Tensor, float]] = []
 
-    def update(self, values: Mapping[str, Tensor | float]) -> None:
-        """Add one scalar observation per key."""
+    def update(self, values: Mapping[str, Tensor | float], weight: float = 1.0) -> None:
+        """Add one scalar observation per key, counted ``weight`` times (e.g. a mean over that
+        many items)."""
         for key, value in values.items():
             if isinstance(value, Tensor):
-                self._tensors.append((key, value.detach().reshape(())))
+                self._tensors.append((key, value.detach().reshape(()), weight))
                 continue
             acc = self._sums.setdefault(key, [0.0, 0.0])
             if not math.isnan(value):
-                acc[0] += value
-                acc[1] += 1.0
+                acc[0] += value * weight
+                acc[1] += weight
 
     def compute(self) -> dict[str, float]:
         """Means (synced across processes) of the keys updated since the last call; then reset."""
-        keys = sorted(self._sums.keys() | {key for key, _ in self._tensors})
+        keys = sorted(self._sums.keys() | {key for key, _, _ in self._tensors})
         if not keys:
             return {}
         device = self.anchor.device
@@ -162,11 +165,12 @@ class MetricTracker(nn.Module):
         totals = totals.to(device)  # (2, K): sums, counts
         if self._tensors:
             position = {key: i for i, key in enumerate(keys)}
-            index = torch.tensor([position[key] for key, _ in self._tensors], device=device)
-            obs = torch.stack([value.to(device, torch.float64) for _, value in self._tensors])
-            seen = ~torch.isnan(obs)
-            totals[0].index_add_(0, index, torch.where(seen, obs, 0.0))
-            totals[1].index_add_(0, index, seen.to(torch.float64))
+            index = torch.tensor([position[key] for key, _, _ in self._tensors], device=device)
+            obs = torch.stack([value.to(device, torch.float64) for _, value, _ in self._tensors])
+            weights = torch.tensor([w for _, _, w in self._tensors], dtype=torch.float64)
+            weights = torch.where(torch.isnan(obs), 0.0, weights.to(device))
+            totals[0].index_add_(0, index, torch.nan_to_num(obs, nan=0.0) * weights)
+            totals[1].index_add_(0, index, weights)
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(totals)
         means = (totals[0] / totals[1]).tolist()  # 0 / 0 = NaN: every observation was NaN

@@ -250,8 +250,9 @@ class JackpotModule(L.LightningModule):
         """One RL iteration: rollout, rewards, scores, minibatch updates, metrics."""
         step = self.current_epoch
         if step == 0 and self.cfg.trainer.eval_every:  # the starting point of every curve
-            start = self.evaluate(step)
-            self.tracker.update({f"eval/start_{k.split('/')[1]}": v for k, v in start.items()})
+            start, prompts = self.evaluate(step)
+            renamed = {f"eval/start_{k.split('/')[1]}": v for k, v in start.items()}
+            self.tracker.update(renamed, weight=prompts)
         t0 = time.perf_counter()
         rollout = self._rollout(step)
         t_rollout = time.perf_counter() - t0
@@ -713,7 +714,8 @@ class JackpotModule(L.LightningModule):
         if self.train_rollout:
             self.tracker.update({"distill/coef": self._distill_coef()})
         if self.cfg.trainer.eval_every and (step + 1) % self.cfg.trainer.eval_every == 0:
-            self.tracker.update(self.evaluate(step))
+            evaluation, prompts = self.evaluate(step)
+            self.tracker.update(evaluation, weight=prompts)
         if self.trainer.world_size > 1 and not is_sharded(self.policy):  # replicas only
             self.tracker.update({"dist/param_divergence": self._param_divergence()})
         values = self.tracker.compute()
@@ -736,8 +738,9 @@ class JackpotModule(L.LightningModule):
         return (gathered.amax(0) - gathered.amin(0)).max()
 
     @torch.no_grad()
-    def evaluate(self, step: int) -> dict[str, Tensor]:
-        """mean@k and pass@k of the policy on this rank's share of the held-out prompts.
+    def evaluate(self, step: int) -> tuple[dict[str, Tensor], int]:
+        """mean@k and pass@k of the policy on this rank's share of the held-out prompts, and
+        that share's size (the weight of this rank's means when the tracker syncs them).
 
         A sharded policy's forward takes part in every rank's all-gathers, so a rank with a
         short share makes as many engine calls as the longest share needs.
@@ -757,4 +760,4 @@ class JackpotModule(L.LightningModule):
             self.reward_fn(batch.prompts or [], self._decode(batch), batch.answers or [])
         )
         mean_k, pass_k = mean_and_pass_at_k(rewards, batch.group_ids.cpu())
-        return {"eval/accuracy": mean_k, "eval/pass_at_k": pass_k}
+        return {"eval/accuracy": mean_k, "eval/pass_at_k": pass_k}, len(examples)

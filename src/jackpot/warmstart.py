@@ -18,7 +18,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
@@ -28,15 +28,20 @@ from tqdm import tqdm
 from transformers import PreTrainedModel
 
 from jackpot.errors import describe
-from jackpot.models import ModelSpec, build_model
+from jackpot.models import ModelSpec, build_model, check_tokenizer_fits, from_pretrained
 from jackpot.tasks.synthetic import Example, TaskSpec, make_task
 from jackpot.tasks.tokenizer import CharTokenizer
+
+if TYPE_CHECKING:
+    from jackpot.config import JackpotConfig, ModelConfig
 
 __all__ = [
     "DEFAULT_CACHE_DIR",
     "SFTConfig",
     "WarmStart",
     "cache_key",
+    "make_model",
+    "run_model",
     "sft_batch",
     "train_sft",
     "warm_start",
@@ -192,6 +197,37 @@ def warm_start(
     final = f", final loss {losses[-1]:.3f}" if losses else ""
     _say(f"warm start: {name} done in {time.perf_counter() - start:.0f} s{final}")
     return WarmStart(model=model, path=path, from_cache=False)
+
+
+def make_model(
+    model: ModelConfig,
+    key: str,
+    tokenizer: Any,
+    task: TaskSpec | None,
+    sft: SFTConfig,
+    cache_dir: str | Path | None = None,
+) -> PreTrainedModel:
+    """The one place models are made: ``model.path``'s checkpoint (checked against the
+    tokenizer), else its tiny model, warm-started on ``task`` (cached) unless ``task`` is None
+    or ``sft.steps`` is 0. ``key`` is the config section named in errors."""
+    if model.path is not None:
+        loaded = from_pretrained(model.path, key=key)
+        check_tokenizer_fits(tokenizer, loaded, key)
+        return loaded
+    spec = model.spec(tokenizer.vocab_size)
+    if task is None or sft.steps == 0:
+        return build_model(spec)
+    return warm_start(spec, task, tokenizer, sft, cache_dir).model
+
+
+def run_model(cfg: JackpotConfig, key: str, tokenizer: Any) -> PreTrainedModel:
+    """The ``policy`` or ``rollout_model`` of a run config, with its warm start (none on a
+    local dataset: there is no synthetic train split to fine-tune on)."""
+    m, w = getattr(cfg, key), cfg.warmstart
+    steps = w.policy_steps if key == "policy" and w.policy_steps is not None else w.steps
+    task = None if cfg.task.name in ("jsonl", "parquet") else cfg.task.spec()
+    sft = SFTConfig(steps=steps, batch_size=w.batch_size, lr=w.lr, seed=m.seed)
+    return make_model(m, key, tokenizer, task, sft, w.cache_dir)
 
 
 def _say(message: str) -> None:

@@ -142,21 +142,26 @@ def _examples(args: argparse.Namespace) -> list[Example]:
 
 def _model(args: argparse.Namespace, tokenizer: CharTokenizer) -> PreTrainedModel:
     """Random or warm-started tiny model from the model flags."""
-    from jackpot.models import ModelSpec, build_model
-    from jackpot.warmstart import SFTConfig, warm_start
+    from jackpot.config import ModelConfig
+    from jackpot.warmstart import SFTConfig, make_model
 
-    spec = ModelSpec(
-        vocab_size=tokenizer.vocab_size,
+    model = ModelConfig(
         family=args.family,
         hidden_size=args.hidden_size,
         num_layers=args.num_layers,
         num_heads=args.num_heads,
         seed=args.model_seed,
     )
-    if getattr(args, "warmstart_steps", 0) > 0:
-        config = SFTConfig(steps=args.warmstart_steps)
-        return warm_start(spec, TaskSpec(name=args.task), tokenizer, config, args.cache_dir).model
-    return build_model(spec)
+    steps = getattr(args, "warmstart_steps", 0)  # bench has no warm-start flags
+    task = TaskSpec(name=args.task) if steps else None
+    return make_model(
+        model,
+        "rollout_model",
+        tokenizer,
+        task,
+        SFTConfig(steps=steps),
+        getattr(args, "cache_dir", None),
+    )
 
 
 @dataclass
@@ -178,8 +183,9 @@ class _Generation:
 def _from_config(args: argparse.Namespace) -> _Generation:
     """The rollout model, task, sampling and group shape of the run config ``--config``."""
     from jackpot.config import load_config
-    from jackpot.fit import _build_model, _task_examples, _tokenizer
+    from jackpot.fit import _task_examples, _tokenizer
     from jackpot.rollout.factory import sampling_params
+    from jackpot.warmstart import run_model
 
     given = sorted(
         flag for flag, _ in _FLAG_ONLY if flag.lstrip("-").replace("-", "_") in vars(args)
@@ -210,7 +216,7 @@ def _from_config(args: argparse.Namespace) -> _Generation:
         "offset": args.offset,
         "seed": seed,
     }
-    model = _build_model(cfg, "rollout_model", tokenizer, cfg.warmstart.steps)
+    model = run_model(cfg, "rollout_model", tokenizer)
     return _Generation(
         tokenizer,
         model,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, fields
 from typing import ClassVar, Literal
@@ -24,6 +25,7 @@ from jackpot.functional import (
     log_perplexity,
     masked_mean,
 )
+from jackpot.interval import Interval
 
 __all__ = [
     "Sampler",
@@ -39,7 +41,26 @@ PTarget = Literal["ref", "new"]
 
 
 class SamplerParameterError(ValueError):
-    """A sampler parameter is outside its allowed range; the message names both."""
+    """A sampler parameter is outside its allowed range; the message names both.
+
+    ``problem`` is the message without the ``sampler 'name': `` prefix; ``parameters`` are the
+    parameter names it mentions, so a config can spell them as its keys (:meth:`as_keys`).
+    """
+
+    def __init__(
+        self, problem: str, *, sampler: str | None = None, parameters: tuple[str, ...] = ()
+    ) -> None:
+        """``SamplerParameterError("...")`` (any message) or with the sampler and parameters."""
+        super().__init__(problem if sampler is None else f"sampler {sampler!r}: {problem}")
+        self.problem = problem
+        self.parameters = parameters
+
+    def as_keys(self, section: str) -> str:
+        """The problem with each parameter written as a key: ``lam=0`` -> ``sampler.lam=0``."""
+        if not self.parameters:
+            return str(self)
+        names = "|".join(re.escape(p) for p in self.parameters)
+        return re.sub(rf"(?<![\w.'\"])({names})(?![\w'\"])", rf"{section}.\1", self.problem)
 
 
 def check_range(
@@ -57,27 +78,30 @@ def check_range(
     Only real numbers pass: a bool (``cap=True``) or a string would otherwise become 1.0 or a
     bare ``ValueError`` from ``float()``.
     """
-    allowed = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    allowed = Interval(low, high, low_open, high_open)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise SamplerParameterError(
-            f"sampler {sampler!r}: {name}={value!r} is a {type(value).__name__}, not a number; "
-            f"allowed {name} in {allowed}"
+            f"{name}={value!r} is a {type(value).__name__}, not a number; "
+            f"allowed {name} in {allowed}",
+            sampler=sampler,
+            parameters=(name,),
         )
-    v = float(value)
-    ok = not math.isnan(v)
-    ok = ok and (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
-    if not ok:
+    if value not in allowed:
         raise SamplerParameterError(
-            f"sampler {sampler!r}: {name}={value!r} is out of range; allowed {name} in {allowed}"
+            f"{name}={value!r} is out of range; allowed {name} in {allowed}",
+            sampler=sampler,
+            parameters=(name,),
         )
-    return v
+    return float(value)
 
 
 def check_choice(sampler: str, name: str, value: str, allowed: tuple[str, ...]) -> str:
     """Return ``value``, or raise naming the parameter, the value and the allowed choices."""
     if value not in allowed:
         raise SamplerParameterError(
-            f"sampler {sampler!r}: {name}={value!r} is not allowed; choose one of {list(allowed)}"
+            f"{name}={value!r} is not allowed; choose one of {list(allowed)}",
+            sampler=sampler,
+            parameters=(name,),
         )
     return value
 
@@ -86,8 +110,9 @@ def check_flag(sampler: str, name: str, value: bool) -> bool:
     """Return ``value`` if it is a bool, else raise naming the parameter (``1`` is not ``True``)."""
     if not isinstance(value, bool):
         raise SamplerParameterError(
-            f"sampler {sampler!r}: {name}={value!r} is a {type(value).__name__}; "
-            "allowed: true, false"
+            f"{name}={value!r} is a {type(value).__name__}; allowed: true, false",
+            sampler=sampler,
+            parameters=(name,),
         )
     return value
 

@@ -31,7 +31,9 @@ class GeometricMask(Sampler):
         self.beta = check_range(self.name, "beta", beta, low=1.0, high=math.inf, low_open=False)
         if self.alpha >= self.beta:
             raise SamplerParameterError(
-                f"sampler 'geo_mask': need alpha < beta, got {alpha} >= {beta}"
+                f"alpha={alpha!r} must be < beta={beta!r}",
+                sampler=self.name,
+                parameters=("alpha", "beta"),
             )
 
     def sample(self, batch: SamplerInput) -> SamplerOutput:

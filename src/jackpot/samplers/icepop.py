@@ -24,7 +24,9 @@ class IcePop(Sampler):
         self.beta = check_range(self.name, "beta", beta, low=1.0, high=math.inf, low_open=False)
         if self.alpha >= self.beta:
             raise SamplerParameterError(
-                f"sampler 'icepop': need alpha < beta, got {alpha} >= {beta}"
+                f"alpha={alpha!r} must be < beta={beta!r}",
+                sampler=self.name,
+                parameters=("alpha", "beta"),
             )
 
     def sample(self, batch: SamplerInput) -> SamplerOutput:

@@ -39,6 +39,7 @@ from jackpot.samplers.base import (
     SamplerInput,
     SamplerOutput,
     SamplerParameterError,
+    check_choice,
     check_range,
 )
 
@@ -70,9 +71,15 @@ class OBRS(Sampler):
         chunk_size: int = 1024,
     ) -> None:
         if (lam is None) == (budget is None):
+            both = (
+                f"lam={lam!r} and budget={budget!r} are mutually exclusive; "
+                if budget is not None
+                else ""
+            )
             raise SamplerParameterError(
-                f"sampler 'obrs': set exactly one of lam (> 0) and budget (in (0, 1]); "
-                f"got lam={lam!r}, budget={budget!r}"
+                f"{both}set exactly one of lam (> 0) and budget (in (0, 1])",
+                sampler=self.name,
+                parameters=("lam", "budget"),
             )
         self.lam = (
             None if lam is None else check_range(self.name, "lam", lam, low=0.0, high_open=True)
@@ -83,13 +90,17 @@ class OBRS(Sampler):
         self.topk = (
             None
             if topk is None
-            else int(check_range(self.name, "topk", topk, low=1, low_open=False))
+            else int(check_range(self.name, "topk", topk, low=1, low_open=False, high_open=True))
         )
-        self.p_target = _choice("p_target", p_target, ("ref", "new"))  # type: ignore[assignment]
+        self.p_target = check_choice(self.name, "p_target", p_target, ("ref", "new"))  # type: ignore[assignment]
         self.c1 = check_range(self.name, "c1", c1, low=0.0)
         self.c2 = check_range(self.name, "c2", c2, low=0.0)
-        self.aggregation = _choice("aggregation", aggregation, ("accepted", "proposal"))
-        self.kappa_estimator = _choice("kappa_estimator", kappa_estimator, ("prob", "count"))
+        self.aggregation = check_choice(
+            self.name, "aggregation", aggregation, ("accepted", "proposal")
+        )
+        self.kappa_estimator = check_choice(
+            self.name, "kappa_estimator", kappa_estimator, ("prob", "count")
+        )
         self.chunk_size = int(
             check_range(self.name, "chunk_size", chunk_size, low=1, low_open=False)
         )
@@ -190,12 +201,3 @@ class OBRS(Sampler):
         metrics["obrs/z_approx_mean"] = masked_mean(z_approx, batch.response_mask)
         # kappa * Z_approx estimates Z_t; it cannot exceed 1 (Z is an acceptance rate).
         return (k * z_approx).clamp(min=torch.finfo(z_approx.dtype).tiny, max=1.0)
-
-
-def _choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
-    """Return ``value`` if allowed, else raise naming the parameter and the choices."""
-    if value not in allowed:
-        raise SamplerParameterError(
-            f"sampler 'obrs': {name}={value!r} is not allowed; choose one of {list(allowed)}"
-        )
-    return value

@@ -36,8 +36,10 @@ class SequenceRejection(TokenRejection):
         self.reduce = check_choice(self.name, "reduce", reduce, SEQ_REDUCTIONS)
         if reduce == "max" and estimator == "k1":
             raise SamplerParameterError(
-                f"sampler {self.name!r}: reduce='max' needs estimator 'k2' or 'k3' (the largest "
-                "k1 bounds one side only; verl has no seq_max_k1)"
+                "reduce='max' needs estimator 'k2' or 'k3' (the largest k1 bounds one side "
+                "only; verl has no seq_max_k1)",
+                sampler=self.name,
+                parameters=("reduce", "estimator"),
             )
 
     def sample(self, batch: SamplerInput) -> SamplerOutput:

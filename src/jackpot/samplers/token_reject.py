@@ -43,8 +43,10 @@ class TokenRejection(Sampler):
         if estimator == "k1":
             if threshold is not None:
                 raise SamplerParameterError(
-                    f"sampler {self.name!r}: estimator='k1' is bounded by alpha/beta (a ratio "
-                    f"band), not threshold={threshold!r}"
+                    f"estimator='k1' is bounded by alpha/beta (a ratio band), not "
+                    f"threshold={threshold!r}",
+                    sampler=self.name,
+                    parameters=("estimator", "alpha", "beta", "threshold"),
                 )
             self.alpha = check_range(
                 self.name, "alpha", 0.5 if alpha is None else alpha, low=0.0, high=1.0
@@ -56,9 +58,10 @@ class TokenRejection(Sampler):
             return
         if alpha is not None or beta is not None or threshold is None:
             raise SamplerParameterError(
-                f"sampler {self.name!r}: estimator={estimator!r} needs threshold (an upper "
-                f"bound, > 0) and no alpha/beta; got threshold={threshold!r}, alpha={alpha!r}, "
-                f"beta={beta!r}"
+                f"estimator={estimator!r} needs threshold (an upper bound, > 0) and no "
+                f"alpha/beta; got threshold={threshold!r}, alpha={alpha!r}, beta={beta!r}",
+                sampler=self.name,
+                parameters=("estimator", "alpha", "beta", "threshold"),
             )
         self.threshold = check_range(self.name, "threshold", threshold, low=0.0, high=math.inf)
         self._band = (-math.inf, self.threshold)
