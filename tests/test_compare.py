@@ -313,3 +313,30 @@ def test_a_tiny_grid_runs_end_to_end_and_reuses_finished_runs(
     assert quick["config"]["seeds"] == [0]
     assert main(["--config", str(tmp_path / "missing.yaml")]) == 2
     assert "config error" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("compare_*.yaml")), ids=str)
+def test_every_shipped_comparison_loads_and_writes_under_runs(path: Path) -> None:
+    cfg = load_compare_config(path)  # validates every method's run config
+    assert cfg.out.startswith("runs/") and cfg.runs_dir.startswith("runs/")
+    assert cfg.reference in cfg.methods and len(cfg.seeds) >= 3
+
+
+def test_the_ablation_switches_one_ingredient_at_a_time() -> None:
+    from jackpot.config import load_config
+
+    cfg = load_compare_config(ROOT / "configs" / "compare_ablation.yaml")
+    runs = {
+        name: load_config(
+            ROOT / "configs" / m.config, [*cfg.overrides, *m.overrides], check_paths=False
+        )
+        for name, m in cfg.methods.items()
+    }
+    for name in ("tis_distill_fwd", "tis_distill_rev", "none_distill_rev"):
+        assert runs[name].algo.train_rollout and not runs[name].algo.rollout_rl, name
+    assert runs["tis_trained"].algo.train_rollout and runs["tis_trained"].algo.rollout_rl
+    assert not runs["tis"].algo.train_rollout and not runs["obrs_frozen"].algo.train_rollout
+    assert runs["tis_cap5_5"].sampler.cap == 5.5
+    new = runs["jackpot_new_lam"].sampler
+    assert (new.p_target, new.lam, new.budget) == ("new", 0.4, None)
+    assert len(cfg.seeds) >= 5
