@@ -106,6 +106,22 @@ def check_choice(sampler: str, name: str, value: str, allowed: tuple[str, ...]) 
     return value
 
 
+def check_band(
+    sampler: str, alpha: float, beta: float, *, alpha_low_open: bool = True
+) -> tuple[float, float]:
+    """``(alpha, beta)`` of a ratio band ``alpha <= ratio <= beta`` with ``alpha`` in (0, 1]
+    (``[0, 1]`` when not ``alpha_low_open``), ``beta >= 1`` and ``alpha < beta``; else raise."""
+    low = check_range(sampler, "alpha", alpha, low=0.0, high=1.0, low_open=alpha_low_open)
+    high = check_range(sampler, "beta", beta, low=1.0, high=math.inf, low_open=False)
+    if low >= high:
+        raise SamplerParameterError(
+            f"alpha={alpha!r} must be < beta={beta!r}",
+            sampler=sampler,
+            parameters=("alpha", "beta"),
+        )
+    return low, high
+
+
 def check_flag(sampler: str, name: str, value: bool) -> bool:
     """Return ``value`` if it is a bool, else raise naming the parameter (``1`` is not ``True``)."""
     if not isinstance(value, bool):

@@ -16,8 +16,7 @@ from jackpot.samplers.base import (
     Sampler,
     SamplerInput,
     SamplerOutput,
-    SamplerParameterError,
-    check_range,
+    check_band,
 )
 
 
@@ -27,14 +26,7 @@ class GeometricMask(Sampler):
     name = "geo_mask"
 
     def __init__(self, alpha: float = 0.5, beta: float = 2.0) -> None:
-        self.alpha = check_range(self.name, "alpha", alpha, low=0.0, high=1.0, low_open=True)
-        self.beta = check_range(self.name, "beta", beta, low=1.0, high=math.inf, low_open=False)
-        if self.alpha >= self.beta:
-            raise SamplerParameterError(
-                f"alpha={alpha!r} must be < beta={beta!r}",
-                sampler=self.name,
-                parameters=("alpha", "beta"),
-            )
+        self.alpha, self.beta = check_band(self.name, alpha, beta)
 
     def sample(self, batch: SamplerInput) -> SamplerOutput:
         """Keep sequences with ``log alpha <= mean_t log ratio <= log beta``.

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 from jackpot.functional import seq_icepop_mask, seq_log_ratio
 from jackpot.samplers.base import (
     Sampler,
     SamplerInput,
     SamplerOutput,
-    SamplerParameterError,
-    check_range,
+    check_band,
 )
 
 
@@ -21,14 +18,7 @@ class SequenceIcePop(Sampler):
     name = "seq_icepop"
 
     def __init__(self, alpha: float = 0.5, beta: float = 2.0) -> None:
-        self.alpha = check_range(self.name, "alpha", alpha, low=0.0, high=1.0, low_open=True)
-        self.beta = check_range(self.name, "beta", beta, low=1.0, high=math.inf, low_open=False)
-        if self.alpha >= self.beta:
-            raise SamplerParameterError(
-                f"alpha={alpha!r} must be < beta={beta!r}",
-                sampler=self.name,
-                parameters=("alpha", "beta"),
-            )
+        self.alpha, self.beta = check_band(self.name, alpha, beta)
 
     def sample(self, batch: SamplerInput) -> SamplerOutput:
         """Mask sequences outside the band; weight each kept token by its sequence's ratio."""
