@@ -502,7 +502,8 @@ class JackpotModule(L.LightningModule):
             )
             if not self.micro_printed and self.global_rank == 0:
                 tqdm.write(
-                    f"micro-batches: {size} sequences per forward pass at {t} response tokens "
+                    f"micro-batches: at most {size} sequences per forward pass at {t} response "
+                    "tokens "
                     f"(trainer.micro_batch_tokens={trainer.micro_batch_tokens}, "
                     f"trainer.micro_batch_logits_gb={trainer.micro_batch_logits_gb:g}; "
                     "set trainer.micro_batch_size to fix it)",
