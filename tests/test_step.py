@@ -46,21 +46,19 @@ def _tensors(rewards: torch.Tensor, mask: torch.Tensor | None = None, seed: int 
     return t, logits_inf, logits_ref
 
 
-def _loss(t, logits_new, sampled):
-    return joint_loss(
-        t,
-        torch.arange(N),
-        logits_new,
-        sampled,
-        logits_w=None,
-        distill_coef=0.5,
-        distill_direction="forward",
-        clip_eps=0.2,
-        clip=True,
-        agg="token-mean",
-        rollout_tis_cap=2.0,
-        max_len=T,
-    )
+def _loss(t, logits_new, sampled, logits_w=None, **options):
+    """:func:`joint_loss` over every row with this file's usual settings; ``options`` override."""
+    settings = {
+        "distill_coef": 0.5,
+        "distill_direction": "forward",
+        "clip_eps": 0.2,
+        "clip": True,
+        "agg": "token-mean",
+        "rollout_tis_cap": 2.0,
+        "max_len": T,
+        **options,
+    }
+    return joint_loss(t, torch.arange(N), logits_new, sampled, logits_w=logits_w, **settings)
 
 
 def test_every_token_rejected_gives_a_zero_finite_loss_and_zero_gradient() -> None:
@@ -282,19 +280,12 @@ def test_distillation_only_gives_the_rollout_model_exactly_the_distillation_grad
 
     def total(rollout_rl: bool) -> tuple[torch.Tensor, object]:
         w.grad = None
-        loss = joint_loss(
+        loss = _loss(
             t,
-            torch.arange(N),
             logits_ref.clone(),
             SamplerOutput(ones, ones, ones),
             logits_w=w,
-            distill_coef=0.5,
             distill_direction="reverse",
-            clip_eps=0.2,
-            clip=True,
-            agg="token-mean",
-            rollout_tis_cap=2.0,
-            max_len=T,
             rollout_rl=rollout_rl,
         )
         loss.total.backward()
@@ -330,22 +321,7 @@ def test_bypass_makes_p_inf_the_old_policy_of_the_policy_loss() -> None:
     t, _, logits_ref = _tensors(torch.arange(N).float() % 3)
     sampled = get_sampler("tis")(SamplerInput(t.logp_inf, t.logp_ref, t.logp_ref, t.response_mask))
     new = logits_ref + 0.1
-    got = joint_loss(
-        t,
-        torch.arange(N),
-        new,
-        sampled,
-        logits_w=None,
-        distill_coef=0.5,
-        distill_direction="forward",
-        clip_eps=0.2,
-        clip=True,
-        agg="token-mean",
-        rollout_tis_cap=2.0,
-        max_len=T,
-        kind="cispo",
-        bypass=True,
-    )
+    got = _loss(t, new, sampled, kind="cispo", bypass=True)
     want, _ = policy_loss(
         F.token_logprobs(new, t.response_ids),
         t.logp_inf,

@@ -207,14 +207,19 @@ def _correctness(ctx: Context, limit: float, save: Callable[[dict[str, Any]], No
     )
 
 
-def _fit(ctx: Context, limit: float, save: Callable[[dict[str, Any]], None]) -> Any:
-    overrides = [
+def _fit_overrides(ctx: Context) -> list[str]:
+    """The short fit runs' setting: decoupled, both models checkpointing their activations."""
+    return [
         *ctx.run_overrides(),
         *MODES["decoupled"],
         "policy.gradient_checkpointing=true",
         "rollout_model.gradient_checkpointing=true",
         *e2e.COMMON,
     ]
+
+
+def _fit(ctx: Context, limit: float, save: Callable[[dict[str, Any]], None]) -> Any:
+    overrides = _fit_overrides(ctx)
     kwargs = {
         "work": str(ctx.work),
         "assets": ctx.sizes["assets"],
@@ -287,13 +292,7 @@ def _vllm_speed(ctx: Context, limit: float, save: Callable[[dict[str, Any]], Non
 
 
 def _fsdp(ctx: Context, limit: float, save: Callable[[dict[str, Any]], None]) -> Any:
-    overrides = [
-        *ctx.run_overrides(),
-        *MODES["decoupled"],
-        "policy.gradient_checkpointing=true",
-        "rollout_model.gradient_checkpointing=true",
-        *e2e.COMMON,
-    ]
+    overrides = _fit_overrides(ctx)
     kwargs = {
         "work": str(ctx.work),
         "assets": ctx.sizes["assets"],
