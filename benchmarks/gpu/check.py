@@ -207,27 +207,30 @@ def _correctness(ctx: Context, limit: float, save: Callable[[dict[str, Any]], No
     )
 
 
-def _fit_overrides(ctx: Context) -> list[str]:
-    """The short fit runs' setting: decoupled, both models checkpointing their activations."""
-    return [
+def _fit_kwargs(ctx: Context) -> dict[str, Any]:
+    """The short fit runs' worker arguments: decoupled, both models checkpointing their
+    activations."""
+    overrides = [
         *ctx.run_overrides(),
         *MODES["decoupled"],
         "policy.gradient_checkpointing=true",
         "rollout_model.gradient_checkpointing=true",
         *e2e.COMMON,
     ]
-
-
-def _fit(ctx: Context, limit: float, save: Callable[[dict[str, Any]], None]) -> Any:
-    overrides = _fit_overrides(ctx)
-    kwargs = {
+    return {
         "work": str(ctx.work),
         "assets": ctx.sizes["assets"],
         "overrides": overrides,
         "steps": ctx.sizes["fit_steps"],
+        "device": ctx.sizes["device"],
+    }
+
+
+def _fit(ctx: Context, limit: float, save: Callable[[dict[str, Any]], None]) -> Any:
+    kwargs = {
+        **_fit_kwargs(ctx),
         "budget": BUDGET,
         "rows_per_step": ctx.sizes["prompts_per_step"] * e2e.GROUP_SIZE,
-        "device": ctx.sizes["device"],
     }
     return ctx.worker("fit_check", kwargs, limit)
 
@@ -292,15 +295,7 @@ def _vllm_speed(ctx: Context, limit: float, save: Callable[[dict[str, Any]], Non
 
 
 def _fsdp(ctx: Context, limit: float, save: Callable[[dict[str, Any]], None]) -> Any:
-    overrides = _fit_overrides(ctx)
-    kwargs = {
-        "work": str(ctx.work),
-        "assets": ctx.sizes["assets"],
-        "overrides": overrides,
-        "steps": ctx.sizes["fit_steps"],
-        "device": ctx.sizes["device"],
-    }
-    return ctx.worker("fsdp_check", kwargs, limit)
+    return ctx.worker("fsdp_check", _fit_kwargs(ctx), limit)
 
 
 PARTS: tuple[Part, ...] = (
