@@ -1,14 +1,13 @@
 """Section 4: the ``hf`` rollout engine's decode against the loop it replaced and ``generate``.
 
-Four ways to sample ``prompts x group`` responses of ``tokens`` tokens (no stop token, so
+Three ways to sample ``prompts x group`` responses of ``tokens`` tokens (no stop token, so
 every variant runs the full length) from one seeded Qwen2, interleaved repeat by repeat in
 one process so background load hits them alike:
 
 - ``forward, every row prefilled``: the model's forward per token and transformers' cache,
   each of the ``N`` rows prefilled on its own (what the engine did before it shared a
   prompt's prefill across its group);
-- ``forward, prefill per prompt``: the same with the prompt prefilled once per group;
-- ``lean step``: the engine's default for Llama-family models (:class:`LlamaDecode`);
+- ``engine: prefill per prompt``: the engine, which prefills each prompt once per group;
 - ``model.generate``: transformers' sampler on the ``N`` rows (full softmax, temperature 1).
 
 Ratios are against the first variant. ``python -m benchmarks.decode [--out DIR] [--repeats R]``
@@ -32,8 +31,7 @@ from benchmarks.common import ROOT, machine_info, median, run_worker
 
 VARIANTS = (
     "forward, every row prefilled",
-    "forward, prefill per prompt",
-    "lean step",
+    "engine: prefill per prompt",
     "model.generate",
 )
 """Measured variants, the first the baseline of the ratios."""
@@ -56,8 +54,7 @@ def measure(
     distinct = [[1 + (i + j) % 12 for j in range(6)] for i in range(prompts)]
     rows = [p for p in distinct for _ in range(group)]
     params = SamplingParams(max_new_tokens=tokens, logprobs_k=1)  # no stop token
-    forward = HFRolloutEngine(model, pad_token_id=0, lean_decode=False)
-    lean = HFRolloutEngine(model, pad_token_id=0)
+    engine = HFRolloutEngine(model, pad_token_id=0)
     ids, mask = left_pad(rows, 0)
     config = GenerationConfig(
         do_sample=True, top_k=0, top_p=1.0, max_new_tokens=tokens, min_new_tokens=0,
@@ -70,10 +67,9 @@ def measure(
             model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
 
     calls: dict[str, Callable[[], object]] = {
-        VARIANTS[0]: lambda: forward.generate(rows, 1, params, gen),
-        VARIANTS[1]: lambda: forward.generate(distinct, group, params, gen),
-        VARIANTS[2]: lambda: lean.generate(distinct, group, params, gen),
-        VARIANTS[3]: generate,
+        VARIANTS[0]: lambda: engine.generate(rows, 1, params, gen),
+        VARIANTS[1]: lambda: engine.generate(distinct, group, params, gen),
+        VARIANTS[2]: generate,
     }
     times: dict[str, list[float]] = {name: [] for name in calls}
     for call in calls.values():  # warm-up

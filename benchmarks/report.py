@@ -257,8 +257,8 @@ def decode_md(sec: dict[str, Any]) -> list[str]:
         "One seeded Qwen2 per table, `prompts x group` responses of `tokens` tokens, no stop "
         "token; the variants interleaved repeat by repeat in one process, "
         f"{sec['repeats']} repeats, medians (`benchmarks/decode.py`). Speed vs the old loop: "
-        "the time of `forward, every row prefilled` (the engine before it shared prefills or "
-        "had the lean step) over the variant's; > 1 is faster. " + _load(sec),
+        "the time of `forward, every row prefilled` (the engine before it shared prefills) "
+        "over the variant's; > 1 is faster. " + _load(sec),
         "",
     ]
     for point in sec["points"]:

@@ -468,17 +468,16 @@ def section_b(work: Path, n0: int, n1: int, rounds: int, sizes: dict[str, Any]) 
 
 DIFFERENCES = [
     "Generation: TRL calls `model.generate` (transformers' sampler, DynamicCache, every row "
-    "prefilled); jackpot its own decode loop (`rollout.lean_decode`: each prompt prefilled once "
-    "for its group, the Llama-family step over the model's modules with a preallocated cache, "
-    "stopped rows dropped from the batch). Both sample from the full softmax at temperature 1 "
-    "(TRL top_k=0).",
+    "prefilled); jackpot's `hf` engine calls the model's forward with a DynamicCache too, but "
+    "prefills each prompt once for its group, passes no attention mask when no prompt is "
+    "padded, and drops stopped rows from the batch. Both sample from the full softmax at "
+    "temperature 1 (TRL top_k=0).",
     "Training forward: TRL runs the model's forward over the padded batch (prompt + longest "
-    "completion for every row); jackpot's `trainer.remove_padding` runs the Llama-family "
-    "forward over the real tokens only (projections and MLP skip the padding, the output layer "
-    "runs only where a response token is predicted), the same values and gradients.",
-    "Attention: TRL uses transformers' SDPA; jackpot's own forward computes the attention of "
-    "prompts and training rows of at most 64 tokens on a CPU as the explicit product (two "
-    "matmuls and a softmax), decode steps and longer rows through SDPA.",
+    "completion for every row); jackpot's `trainer.remove_padding` runs the same forward over "
+    "the real tokens packed several sequences to a row (restarting position ids, so "
+    "transformers masks block-causally), the output layer only where a response token is "
+    "predicted; the same values and gradients. Both use the checkpoint's attention kernel "
+    "(SDPA).",
     "Rewards: both score the completion text without its stop token with the same exact-match "
     "function (TRL decodes with `skip_special_tokens=True`, jackpot drops the stop token).",
     "Loss: TRL's default `loss_type='dapo'` (token-level normalisation over the global batch), "

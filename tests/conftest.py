@@ -8,8 +8,6 @@ from typing import Any
 
 import pytest
 
-import jackpot.llama
-
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = ROOT / "configs" / "default.yaml"
 
@@ -18,16 +16,6 @@ DEFAULT_CONFIG = ROOT / "configs" / "default.yaml"
 def warmstart_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One warm-start cache for the whole session, so tiny models are fine-tuned once."""
     return tmp_path_factory.mktemp("warmstart")
-
-
-@pytest.fixture(params=["explicit", "sdpa"])
-def attention_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Each path of ``jackpot.llama.attend`` on a CPU for several queries per row (prefill,
-    scoring, training): the explicit product (short rows, as in these tests) and torch's SDPA
-    kernel (forced by a zero key threshold)."""
-    if request.param == "sdpa":
-        monkeypatch.setattr(jackpot.llama, "EXPLICIT_ATTENTION_KEYS", 0)
-    return str(request.param)
 
 
 @pytest.fixture

@@ -678,3 +678,16 @@ def test_a_real_process_prints_one_line_and_exits_2(tmp_path: Path) -> None:
         "JSON object per line"
     ]
     assert not (tmp_path / "run").exists()
+
+
+def test_an_attention_kernel_that_cannot_load_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An unknown or uninstalled kernel names the key; an installed one trains the run."""
+    _jsonl(tmp_path / "data.jsonl", [{"prompt": "1 + 2 =", "answer": "3"}] * 6)
+    dirs = {k: _model_dir(tmp_path / k) for k in ("policy", "rollout_model")}
+    argv = [*_base(tmp_path), *(f"{k}.path={d}" for k, d in dirs.items()), "sampler.topk=4"]
+    line = refused(capsys, [*argv, "rollout_model.attn_implementation=nope"])
+    assert "rollout_model.attn_implementation: " in line and "nope" in line, line
+    assert not (tmp_path / "run").exists()
+    assert main([*argv, "policy.attn_implementation=eager"]) == 0, capsys.readouterr().err[-2000:]

@@ -1,4 +1,4 @@
-"""The lean Llama-family decode step computes what the model's own forward computes."""
+"""Cached decoding with shared prefills and dropped rows computes what a fresh forward computes."""
 
 from __future__ import annotations
 
@@ -18,15 +18,9 @@ from transformers import (
     Qwen3ForCausalLM,
 )
 
-from jackpot.llama import own_forward_refusal
 from jackpot.rollout import SamplingParams
 from jackpot.rollout.batch import left_pad
-from jackpot.rollout.decode import (
-    LlamaDecode,
-    TransformersDecode,
-    cache_kwarg,
-    start_decode,
-)
+from jackpot.rollout.decode import Decode, cache_kwarg
 from jackpot.rollout.hf import HFRolloutEngine
 
 PROMPTS = [[1, 5, 6, 7], [1, 8], [1, 9, 9, 4, 3, 3, 10]]
@@ -65,84 +59,61 @@ def _model(family: str) -> torch.nn.Module:
 
 
 @pytest.mark.parametrize("prompts", [PROMPTS, EQUAL], ids=["ragged", "equal"])
-@pytest.mark.parametrize("family", ["qwen2", "llama", "qwen3"])
-def test_lean_step_equals_the_models_forward(
-    family: str, prompts: list[list[int]], attention_path: str
-) -> None:
-    """Next-token logits after prefill and after each of 6 fed tokens agree to 1e-12, also
-    after rows are dropped mid-way, and equal a fresh forward over each whole (unpadded)
-    sequence, through either attention path."""
-    model = _model(family)
-    assert own_forward_refusal(model) is None
+@pytest.mark.parametrize("family", ["qwen2", "llama", "qwen3", "gpt2"])
+def test_decode_equals_a_fresh_forward(family: str, prompts: list[list[int]]) -> None:
+    """Next-token logits after the shared prefill and after each of 6 fed tokens, also after
+    rows are dropped mid-way, equal a fresh forward over each whole (unpadded) sequence."""
+    if family == "gpt2":
+        torch.manual_seed(0)
+        config = GPT2Config(vocab_size=20, n_embd=32, n_layer=2, n_head=2)
+        model: torch.nn.Module = GPT2LMHeadModel(config).double().eval()
+    else:
+        model = _model(family)
     ids, mask = left_pad(prompts, 0)
     group, steps = 3, 6
     rows = torch.arange(len(prompts) * group)
     gen = torch.Generator().manual_seed(0)
     fed = torch.zeros((len(rows), 0), dtype=torch.int64)
-    with torch.no_grad():
-        lean = LlamaDecode(model, ids, mask, group, steps)
-        plain = TransformersDecode(model, ids, mask, group, steps)
-        for t in range(steps):
-            torch.testing.assert_close(lean.logits, plain.logits, atol=1e-12, rtol=0)
-            if t == 3:  # rows 1, 3, 4, 6 and 8 "stopped"
-                keep = torch.tensor([0, 2, 5, 7])
-                lean.select(keep)
-                plain.select(keep)
-                rows, fed = rows[keep], fed[keep]
-            token = torch.multinomial(lean.logits.softmax(-1), 1, generator=gen).squeeze(-1)
-            fed = torch.cat([fed, token[:, None]], dim=1)
-            lean.step(token, t)
-            plain.step(token, t)
-        torch.testing.assert_close(lean.logits, plain.logits, atol=1e-12, rtol=0)
+
+    def check(decode: Decode) -> None:
         for i, row in enumerate(rows.tolist()):
             full = torch.cat([torch.tensor(prompts[row // group]), fed[i]])
             fresh = model(full[None]).logits[0, -1]
-            torch.testing.assert_close(lean.logits[i], fresh, atol=1e-10, rtol=0)
+            torch.testing.assert_close(decode.logits[i], fresh, atol=1e-10, rtol=0)
 
-
-def test_models_the_lean_step_cannot_reproduce_use_the_forward() -> None:
-    """Other architectures, sliding windows, length-dependent rope and partitioned parameters
-    are refused with a reason, and decoding them goes through the model's forward."""
-    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=20, n_embd=32, n_layer=1, n_head=2)).eval()
-    assert "model_type 'gpt2'" in str(own_forward_refusal(gpt2))
-    ids, mask = left_pad(PROMPTS, 0)
     with torch.no_grad():
-        assert isinstance(start_decode(gpt2, ids, mask, 2, 3), TransformersDecode)
-    sliding = Qwen2ForCausalLM(
-        Qwen2Config(**SIZES, use_sliding_window=True, sliding_window=4, max_window_layers=0)
-    )
-    assert "sliding-window" in str(own_forward_refusal(sliding))
-    dynamic = LlamaForCausalLM(
-        LlamaConfig(**SIZES, rope_parameters={"rope_type": "dynamic", "factor": 2.0})
-    )
-    assert "rescales with the sequence length" in str(own_forward_refusal(dynamic))
-    partitioned = _model("qwen2")
-    next(partitioned.parameters()).ds_status = "NOT_AVAILABLE"  # as DeepSpeed ZeRO-3 marks
-    assert "ZeRO-3" in str(own_forward_refusal(partitioned))
+        decode = Decode(model, ids, mask, group, steps)
+        for t in range(steps):
+            check(decode)
+            if t == 3:  # rows 1, 3, 4, 6 and 8 "stopped"
+                keep = torch.tensor([0, 2, 5, 7])
+                decode.select(keep)
+                rows, fed = rows[keep], fed[keep]
+            token = torch.multinomial(decode.logits.softmax(-1), 1, generator=gen).squeeze(-1)
+            fed = torch.cat([fed, token[:, None]], dim=1)
+            decode.step(token, t)
+        check(decode)
 
 
-def test_a_sharded_model_is_refused_and_decodes_through_its_forward(cpu_mesh: Any) -> None:
-    """FSDP2 (``fully_shard``, here on a one-process gloo group) leaves DTensor shards that only
-    the model's forward gathers: the lean step and the unpadded forward refuse the model, and
-    decoding it through the forward gives the unsharded model's logits."""
-    from jackpot.llama import unpadded_refusal
+def test_a_sharded_model_decodes_as_the_unsharded_one(cpu_mesh: Any) -> None:
+    """FSDP2 (``fully_shard``, here on a one-process gloo group) leaves DTensor shards that the
+    model's forward gathers: decoding and the packed forward give the unsharded values."""
+    from jackpot.packing import packing_refusal
     from jackpot.training.sharding import shard_models
 
     model = _model("qwen2").eval()
     ids, mask = left_pad(PROMPTS, 0)
     with torch.no_grad():
-        expected = start_decode(model, ids, mask, 2, 3).logits
+        expected = Decode(model, ids, mask, 2, 3).logits
     shard_models([model], cpu_mesh, "32-true")
-    assert "sharded (FSDP2)" in str(own_forward_refusal(model))
-    assert "sharded (FSDP2)" in str(unpadded_refusal(model))
+    assert packing_refusal(model) is None
     with torch.no_grad():
-        decode = start_decode(model, ids, mask, 2, 3)
-    assert isinstance(decode, TransformersDecode)
+        decode = Decode(model, ids, mask, 2, 3)
     torch.testing.assert_close(decode.logits, expected, atol=1e-10, rtol=0)
 
 
-def test_engine_on_a_refused_model_still_records_its_distribution() -> None:
-    """GPT-2 rolls out through the forward path; its records match a fresh forward."""
+def test_engine_on_another_architecture_records_its_distribution() -> None:
+    """GPT-2 rolls out through the same loop; its records match a fresh forward."""
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=20, n_embd=32, n_layer=2, n_head=2)).eval()
     params = SamplingParams(max_new_tokens=5, logprobs_k=1)

@@ -72,8 +72,7 @@ def fsdp_rows(tmp_path_factory: pytest.TempPathFactory, warmstart_cache: Path) -
 def test_fsdp_gives_the_losses_and_rewards_of_ddp_replicas(
     fsdp_rows: list[dict[str, float]], tmp_path: Path, warmstart_cache: Path
 ) -> None:
-    """Only the reduction order differs (reduce-scatter of shards vs all-reduce of replicas;
-    the model's forward under fsdp vs jackpot's lean decode and unpadded forward under ddp):
+    """Only the reduction order differs (reduce-scatter of shards vs all-reduce of replicas):
     measured 4e-6 at most over 5 steps of the default config."""
     ddp_rows = _fit(_args(tmp_path / "ddp", warmstart_cache, "ddp", STEPS))
     assert all(r["dist/param_divergence"] == 0.0 for r in ddp_rows)  # the replicas agree

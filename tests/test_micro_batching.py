@@ -37,7 +37,7 @@ SAMPLERS = {
     ],
 }
 # What else the split run changes, none of which may change the gradient: activation
-# checkpointing, and the models' padded forward instead of the unpadded one.
+# checkpointing, and the models' padded forward instead of the packed one.
 SPLIT_ONLY = {
     "obrs-topk-ref": [
         "policy.gradient_checkpointing=true",

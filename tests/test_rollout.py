@@ -222,7 +222,6 @@ def _reference_decode(
     }
 
 
-@pytest.mark.parametrize("lean", [True, False])
 @pytest.mark.parametrize("check_every", [1, 3, 8])
 @pytest.mark.parametrize(
     ("temperature", "top_k", "top_p", "logprobs_k", "stops", "max_new_tokens"),
@@ -235,7 +234,6 @@ def _reference_decode(
 )
 def test_decode_loop_equals_the_per_token_reference(
     rollout_model: torch.nn.Module,
-    lean: bool,
     check_every: int,
     temperature: float,
     top_k: int,
@@ -255,9 +253,7 @@ def test_decode_loop_equals_the_per_token_reference(
         stop_token_ids=stops,
         logprobs_k=logprobs_k,
     )
-    engine = HFRolloutEngine(
-        cast(Any, rollout_model), PAD, done_check_every=check_every, lean_decode=lean
-    )
+    engine = HFRolloutEngine(cast(Any, rollout_model), PAD, done_check_every=check_every)
     batch = engine.generate(RAGGED_PROMPTS, 4, params, torch.Generator().manual_seed(0))
     with torch.no_grad():
         ref = _reference_decode(rollout_model.eval(), batch.prompt_ids, batch.prompt_mask, params)

@@ -73,6 +73,10 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     """Recompute activations in backward (transformers' activation checkpointing): less memory
     for about one more forward pass per update."""
+    attn_implementation: str | None = None
+    """The model's attention kernel, as transformers names it (``sdpa``, ``eager``,
+    ``flash_attention_2``, ``flex_attention``, ...); None = transformers' default (``sdpa``).
+    Scoring, training and decoding all run through it."""
 
     def spec(self, vocab_size: int) -> ModelSpec:
         """The :class:`~jackpot.models.ModelSpec` of the tiny model, for ``vocab_size`` tokens."""
@@ -203,11 +207,6 @@ class RolloutConfig:
     engine: str = field(default="hf", metadata=one_of("hf", "vllm"))
     """Who samples: ``hf`` (jackpot's transformers decode loop: tiny models, CPU) or ``vllm``
     (``pip install jackpot[vllm]``: real models on GPUs); both record the same ``p_inf``."""
-    lean_decode: bool = True
-    """``engine=hf``: decode Llama-family models (Llama, Qwen2, Qwen3) with jackpot's own
-    step over the model's modules and a preallocated KV cache (the same values as the
-    model's forward, a fraction of its per-token overhead); false, any other model, or a
-    sharded one (``trainer.strategy=fsdp``) runs the model's forward per token."""
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
     """Options of the vLLM engine; ignored when ``engine=hf``."""
 
@@ -387,11 +386,11 @@ class TrainerConfig:
     (sequences x response tokens x vocabulary x 4 bytes; 12 sequences of 32 tokens at a
     152k vocabulary). The pass's log-softmax and gradient hold a few copies of them."""
     remove_padding: bool = True
-    """Score and train Llama-family models (Llama, Qwen2, Qwen3) over their real tokens only:
-    the projections and MLP skip the padding of a batch, the output layer runs only where a
-    response token is predicted (the same values as the model's forward). False, FSDP2,
-    DeepSpeed ZeRO-3, sliding-window attention, attention dropout or another architecture
-    use the model's forward."""
+    """Score and train over the real tokens only: the model's forward runs on sequences packed
+    several to a row (``position_ids`` restarting per sequence, which transformers turns into
+    block-causal masks or flash-attention's varlen path), its output layer only where a
+    response token is predicted; the same values as the padded forward. A model whose forward
+    fails a packing probe at its first pass keeps the padded forward, with a warning."""
     max_full_logits_gb: float = field(default=4.0, metadata=rng(0, low_open=True))
     """Largest size of the full ``(N, T, V)`` fp32 logits that full-logit samplers (exact-Z
     ``obrs``, ``rs``) keep across a step; a bigger config is refused at load."""

@@ -20,13 +20,13 @@ from typing import Any, cast
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from jackpot.config import JackpotConfig, as_dict
 from jackpot.controllers import DistillController
-from jackpot.llama import unpadded_refusal
 from jackpot.metrics import (
     MetricTracker,
     device_memory_stats,
@@ -36,6 +36,7 @@ from jackpot.metrics import (
     rollout_stats,
     timing_stats,
 )
+from jackpot.packing import packing_refusal
 from jackpot.rollout.batch import RolloutBatch, concat_rollouts
 from jackpot.rollout.engine import RolloutEngine
 from jackpot.rollout.factory import build_engine, sampling_params
@@ -143,9 +144,9 @@ class JackpotModule(L.LightningModule):
         self.reward_fn = reward_fn
         self.sampler = sampler
         self.tracker = MetricTracker()
-        self.unpadded: dict[str, bool] = {}
-        """Per model name: whether its scoring/training forward drops padding (decided at its
-        first forward, after the strategy has wrapped it)."""
+        self.packed: dict[str, bool] = {}
+        """Per model name: whether its scoring/training forward packs the real tokens (decided
+        at its first forward, after the strategy has wrapped it)."""
         self.engines: dict[str, RolloutEngine] = {}
         """One rollout engine per model for the whole run (``policy``, ``rollout_model``)."""
         self.rollout_files: list[Path] | None = (
@@ -634,18 +635,26 @@ class JackpotModule(L.LightningModule):
         if index is not None:
             ids, mask = ids[index], mask[index]
         name = self._name(model)
-        if name not in self.unpadded:
-            self.unpadded[name] = (
-                self.cfg.trainer.remove_padding and unpadded_refusal(model) is None
-            )
+        if name not in self.packed:
+            self.packed[name] = self.cfg.trainer.remove_padding and self._packs(model, name)
         return forward_logits(
             model,
             ids,
             mask,
             rollout.prompt_ids.shape[1],
             self.cfg.rollout.temperature,
-            unpadded=self.unpadded[name],
+            packed=self.packed[name],
         )
+
+    def _packs(self, model: nn.Module, name: str) -> bool:
+        """Whether ``model`` honours packed sequences; a warning names why not."""
+        reason = packing_refusal(model)
+        if reason is not None:
+            rank_zero_warn(
+                f"trainer.remove_padding: {name} keeps the padded forward ({reason})",
+                category=UserWarning,
+            )
+        return reason is None
 
     def _optimizers(self) -> list[Any]:
         opts = self.optimizers()

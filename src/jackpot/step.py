@@ -21,7 +21,6 @@ import torch
 from torch import Tensor
 
 from jackpot.functional import gather_logprobs, sampled_logprobs, topk_logprobs
-from jackpot.llama import unpadded_logits
 from jackpot.losses import (
     broadcast_to_tokens,
     distill_kl_full,
@@ -30,6 +29,7 @@ from jackpot.losses import (
     policy_loss,
     rollout_model_loss,
 )
+from jackpot.packing import packed_logits
 from jackpot.samplers.base import Sampler, SamplerInput, SamplerOutput
 
 __all__ = [
@@ -114,21 +114,21 @@ def forward_logits(
     mask: Tensor,
     prompt_len: int,
     temperature: float,
-    unpadded: bool = False,
+    packed: bool = False,
 ) -> Tensor:
     """Logits ``(N, T, V)`` predicting each response token, scaled by the temperature.
 
     ``ids``, ``mask`` ``(N, P + T)``: left-padded prompt then response; positions count real
     tokens only (as the rollout engine does). Position ``P - 1 + t`` predicts response token
     ``t``; ``logits_to_keep`` asks the model for those ``T + 1`` last positions only, so no
-    logits are computed for the prompt. ``unpadded``: the Llama-family forward over the real
-    tokens only (:func:`jackpot.llama.unpadded_logits`; the caller checks
-    :func:`jackpot.llama.unpadded_refusal`), zero logits at padded response positions.
+    logits are computed for the prompt. ``packed``: the same forward over the real tokens only
+    (:func:`jackpot.packing.packed_logits`; the caller checks
+    :func:`jackpot.packing.packing_refusal`), zero logits at padded response positions.
     Scoring at the rollout's temperature keeps ``p_ref``, ``p_new`` and ``p_w`` comparable
     with ``p_inf`` (as verl does).
     """
-    if unpadded:
-        logits = unpadded_logits(model, ids, mask, prompt_len)
+    if packed:
+        logits = packed_logits(model, ids, mask, prompt_len)
     else:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         response_len = ids.shape[1] - prompt_len

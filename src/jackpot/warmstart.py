@@ -209,15 +209,23 @@ def make_model(
 ) -> PreTrainedModel:
     """The one place models are made: ``model.path``'s checkpoint (checked against the
     tokenizer), else its tiny model, warm-started on ``task`` (cached) unless ``task`` is None
-    or ``sft.steps`` is 0. ``key`` is the config section named in errors."""
+    or ``sft.steps`` is 0, with ``model.attn_implementation``'s attention kernel. ``key`` is
+    the config section named in errors."""
     if model.path is not None:
-        loaded = from_pretrained(model.path, key=key)
-        check_tokenizer_fits(tokenizer, loaded, key)
-        return loaded
-    spec = model.spec(tokenizer.vocab_size)
-    if task is None or sft.steps == 0:
-        return build_model(spec)
-    return warm_start(spec, task, tokenizer, sft, cache_dir).model
+        made = from_pretrained(model.path, key=key)
+        check_tokenizer_fits(tokenizer, made, key)
+    elif task is None or sft.steps == 0:
+        made = build_model(model.spec(tokenizer.vocab_size))
+    else:
+        made = warm_start(model.spec(tokenizer.vocab_size), task, tokenizer, sft, cache_dir).model
+    if model.attn_implementation is not None:
+        try:
+            made.set_attn_implementation(model.attn_implementation)
+        except (ValueError, ImportError) as exc:
+            from jackpot.config import ConfigError
+
+            raise ConfigError(f"{key}.attn_implementation: {describe(exc)}") from None
+    return made
 
 
 def run_model(cfg: JackpotConfig, key: str, tokenizer: Any) -> PreTrainedModel:

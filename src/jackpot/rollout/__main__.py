@@ -176,8 +176,6 @@ class _Generation:
     reward: str
     seed: int
     metadata: dict[str, Any]
-    lean_decode: bool = True
-    """``rollout.lean_decode`` of the config (the engine's default without one)."""
 
 
 def _from_config(args: argparse.Namespace) -> _Generation:
@@ -226,7 +224,6 @@ def _from_config(args: argparse.Namespace) -> _Generation:
         cfg.task.reward,
         seed,
         metadata,
-        lean_decode=r.lean_decode,
     )
 
 
@@ -271,7 +268,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     g = _from_config(args) if args.config or args.overrides else _from_flags(args)
     reward_fn = checked_reward(g.reward, get_reward(g.reward))
     prompt_ids = [g.tokenizer.encode(e.prompt) for e in g.examples]
-    engine = HFRolloutEngine(g.model, g.tokenizer.pad_token_id, lean_decode=g.lean_decode)
+    engine = HFRolloutEngine(g.model, g.tokenizer.pad_token_id)
     batch = engine.generate(
         prompt_ids, g.group_size, g.params, torch.Generator().manual_seed(g.seed)
     )
@@ -322,8 +319,7 @@ def cmd_inspect(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    """Best-of-``--repeats`` tokens/s of the engine's decode loop (lean Llama-family step, and
-    the model's forward per token) and of ``model.generate``."""
+    """Best-of-``--repeats`` tokens/s of the engine's decode loop and of ``model.generate``."""
     from transformers import GenerationConfig
 
     from jackpot.rollout.hf import HFRolloutEngine
@@ -332,10 +328,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     model = _model(args, tokenizer).eval()
     prompts = [tokenizer.encode(f"{i}+{3 * i}=") for i in range(args.n_seqs)]
     params = SamplingParams(max_new_tokens=args.tokens, logprobs_k=8)  # no stop: full length
-    engines = {
-        "lean decode step": HFRolloutEngine(model, tokenizer.pad_token_id),
-        "forward per token": HFRolloutEngine(model, tokenizer.pad_token_id, lean_decode=False),
-    }
+    engine = HFRolloutEngine(model, tokenizer.pad_token_id)
     ids, mask = left_pad(prompts, tokenizer.pad_token_id)
     config = GenerationConfig(
         do_sample=True, top_k=0, top_p=1.0, max_new_tokens=args.tokens, min_new_tokens=0,
@@ -351,8 +344,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
             model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
 
     tokens = args.n_seqs * args.tokens
-    runs = [(name, loop(engine)) for name, engine in engines.items()]
-    for name, fn in (*runs, ("model.generate", hf_generate)):
+    for name, fn in (("engine decode loop", loop(engine)), ("model.generate", hf_generate)):
         fn()  # warm-up
         best = float("inf")
         for _ in range(args.repeats):

@@ -40,7 +40,7 @@ def build_engine(
     if rollout.engine == "hf":
         from jackpot.rollout.hf import HFRolloutEngine
 
-        return HFRolloutEngine(cast(Any, model), pad_token_id, lean_decode=rollout.lean_decode)
+        return HFRolloutEngine(cast(Any, model), pad_token_id)
     if rollout.engine == "vllm":
         from jackpot.rollout.vllm import VLLMRolloutEngine
 

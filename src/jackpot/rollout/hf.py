@@ -4,8 +4,8 @@ Why not ``model.generate``: in transformers 5.x ``generate(do_sample=True)`` sil
 ``top_k=50`` and ``min_new_tokens`` sets EOS scores to ``-inf``, so the distribution actually
 sampled from differs from the one a user asked for, and recovering it from the returned
 scores is fragile. Here every token is drawn from :func:`sampling_logprobs` of the model's
-logits, and exactly those log-probs are recorded. The model's forward per token, or for the
-Llama family a leaner step over its modules, comes from :mod:`jackpot.rollout.decode`.
+logits, and exactly those log-probs are recorded. The model's forward with its KV cache
+runs in :mod:`jackpot.rollout.decode`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel
 
 from jackpot.rollout.batch import RolloutBatch, left_pad
-from jackpot.rollout.decode import Decode, start_decode
+from jackpot.rollout.decode import Decode
 from jackpot.rollout.engine import RolloutEngine, SamplingParams
 from jackpot.rollout.sampling import sample_tokens, sampling_logprobs, topk_with_sampled
 from jackpot.training.sharding import is_sharded
@@ -45,25 +45,18 @@ class HFRolloutEngine(RolloutEngine):
         model: PreTrainedModel,
         pad_token_id: int,
         done_check_every: int | None = None,
-        lean_decode: bool = True,
     ) -> None:
         """Wrap ``model``; ``pad_token_id`` pads prompts (left) and finished responses (right).
 
         ``done_check_every``: decode steps between checks that every row has stopped. Each
         check is a host sync on an accelerator; on a CPU it is free, while a late check runs
         forwards whose tokens are cut off. Default: every step on CPU, every 8 elsewhere.
-
-        ``lean_decode``: decode Llama-family models (Llama, Qwen2, Qwen3) with
-        :class:`~jackpot.rollout.decode.LlamaDecode` rather than the model's forward per token
-        (same values, a fraction of the per-token overhead); other models always use the
-        forward.
         """
         if done_check_every is not None and done_check_every < 1:
             raise ValueError(f"done_check_every must be >= 1 or None, got {done_check_every}")
         self.model = model
         self.pad_token_id = pad_token_id
         self.done_check_every = done_check_every
-        self.lean_decode = lean_decode
         self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
 
     def sync_weights(self, model: nn.Module) -> None:
@@ -92,14 +85,7 @@ class HFRolloutEngine(RolloutEngine):
         self.model.eval()
         try:
             with torch.no_grad():
-                decode = start_decode(
-                    self.model,
-                    prompts,
-                    prompt_mask,
-                    group_size,
-                    params.max_new_tokens,
-                    lean=self.lean_decode,
-                )
+                decode = Decode(self.model, prompts, prompt_mask, group_size, params.max_new_tokens)
                 record = self._decode(decode, params, generator)
         finally:
             self.model.train(was_training)
