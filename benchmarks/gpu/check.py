@@ -441,6 +441,21 @@ def _correctness_md(res: dict[str, Any]) -> list[str]:
             ],
         ),
     ]
+    packed = res.get("packing")
+    if packed:
+        lines += [
+            "",
+            "Packed (padding-free) forward against the padded one, response log-probs, max abs "
+            "diff in nats per attention kernel (same tolerances):",
+            "",
+            *_table(
+                ["dtype", *next(iter(packed.values()))["max_abs_logp_diff"]],
+                [
+                    [d, *(_fmt(v) for v in p["max_abs_logp_diff"].values())]
+                    for d, p in packed.items()
+                ],
+            ),
+        ]
     o = res.get("obrs")
     if o:
         lines += [

@@ -329,18 +329,72 @@ def obrs_device_vs_cpu(
     return out
 
 
+def _kernels(dev: torch.device) -> list[str]:
+    """Attention kernels to run the packed forward through on ``dev``."""
+    from transformers.utils import is_flash_attn_2_available
+
+    flash = dev.type == "cuda" and is_flash_attn_2_available()
+    return ["sdpa", "eager", *(["flash_attention_2"] if flash else [])]
+
+
+def packing(
+    dev: torch.device, dtype: torch.dtype, model_shape: dict[str, int], vocab: int, seed: int = 0
+) -> dict[str, Any]:
+    """Response log-probs of the packed forward through each attention kernel against the
+    padded forward (sdpa), on ragged left-padded prompts and right-padded responses."""
+    from jackpot.models import ModelSpec, build_model
+    from jackpot.packing import packing_refusal
+    from jackpot.rollout.batch import left_pad
+    from jackpot.step import forward_logits
+
+    model = build_model(ModelSpec(vocab_size=vocab, **model_shape, seed=seed))
+    model = model.to(device=dev, dtype=dtype).eval()
+    gen = torch.Generator().manual_seed(seed)
+    prompts, prompt_mask = left_pad(
+        [torch.randint(4, vocab, (n,), generator=gen).tolist() for n in (3, 7, 12, 5)], 0
+    )
+    lengths = torch.tensor([9, 1, 5, 16])
+    response_mask = (torch.arange(16)[None] < lengths[:, None]).long()
+    responses = torch.randint(4, vocab, response_mask.shape, generator=gen) * response_mask
+    ids = torch.cat([prompts, responses], 1).to(dev)
+    mask = torch.cat([prompt_mask, response_mask], 1).to(dev)
+    real = response_mask.bool().to(dev)
+    name = str(dtype).removeprefix("torch.")
+    atol = FIDELITY_ATOL[name][0]
+    with torch.no_grad():
+        want = forward_logits(model, ids, mask, prompts.shape[1], 1.0).float().log_softmax(-1)
+    diffs: dict[str, float] = {}
+    checks = []
+    for kernel in _kernels(dev):
+        model.set_attn_implementation(kernel)
+        with torch.no_grad():
+            refusal = packing_refusal(model)
+            got = forward_logits(model, ids, mask, prompts.shape[1], 1.0, packed=True)
+        diff = float((got.float().log_softmax(-1) - want)[real].abs().max())
+        diffs[kernel] = diff
+        checks += [
+            _check(f"{name} {kernel}: packing probe passes", refusal is None, None, None),
+            _check(f"{name} {kernel}: max |packed - padded| logp", diff <= atol, diff, atol),
+        ]
+    return {"dtype": name, "max_abs_logp_diff": diffs, "atol": atol, "checks": checks}
+
+
 def correctness(
     device: str, model: dict[str, int], vocab: int, tokens: int, obrs_rows: int, obrs_vocab: int
 ) -> dict[str, Any]:
-    """Part 2: engine fidelity in float32 and bfloat16, OBRS on the device against CPU."""
+    """Part 2: engine fidelity and the packed forward in float32 and bfloat16, OBRS on the
+    device against CPU."""
     dev = _device(device)
-    out: dict[str, Any] = {"device": device, "fidelity": {}, "checks": []}
+    out: dict[str, Any] = {"device": device, "fidelity": {}, "packing": {}, "checks": []}
     for dtype in (torch.float32, torch.bfloat16):
         start = time.perf_counter()
         res = fidelity(dev, dtype, model, vocab, tokens)
         res["elapsed_s"] = time.perf_counter() - start
         out["fidelity"][res["dtype"]] = res
         out["checks"] += res.pop("checks")
+        packed = packing(dev, dtype, model, vocab)
+        out["packing"][packed["dtype"]] = packed
+        out["checks"] += packed.pop("checks")
     start = time.perf_counter()
     obrs = obrs_device_vs_cpu(dev, obrs_rows, obrs_vocab, budget=0.95, topk=20)
     obrs["elapsed_s"] = time.perf_counter() - start
