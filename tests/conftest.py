@@ -7,9 +7,50 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = ROOT / "configs" / "default.yaml"
+
+PROMPTS = [[1, 5, 6, 7], [1, 8], [1, 9, 9, 4, 3, 3, 10]]
+"""Ragged: the shorter prompts are left-padded, so the attention mask matters."""
+SIZES: dict[str, Any] = {
+    "vocab_size": 20,
+    "hidden_size": 32,
+    "intermediate_size": 48,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,  # grouped-query attention
+    "max_position_embeddings": 64,
+}
+LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "rope_theta": 10000.0,
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 16,
+}
+
+
+def family_model(family: str) -> torch.nn.Module:
+    """A random float64 model of ``family``: biased QKV, GQA with llama3 rope, q/k norms."""
+    torch.manual_seed(0)
+    if family == "qwen2":
+        model: torch.nn.Module = Qwen2ForCausalLM(Qwen2Config(**SIZES))
+    elif family == "llama":
+        model = LlamaForCausalLM(LlamaConfig(**SIZES, rope_parameters=LLAMA3_ROPE))
+    else:
+        model = Qwen3ForCausalLM(Qwen3Config(**SIZES, head_dim=16))
+    return model.double().eval()
 
 
 @pytest.fixture(scope="session")

@@ -7,55 +7,17 @@ from typing import Any
 
 import pytest
 import torch
-from transformers import (
-    GPT2Config,
-    GPT2LMHeadModel,
-    LlamaConfig,
-    LlamaForCausalLM,
-    Qwen2Config,
-    Qwen2ForCausalLM,
-    Qwen3Config,
-    Qwen3ForCausalLM,
-)
+from transformers import GPT2Config, GPT2LMHeadModel
 
 from jackpot.rollout import SamplingParams
 from jackpot.rollout.batch import left_pad
 from jackpot.rollout.decode import Decode, cache_kwarg
 from jackpot.rollout.hf import HFRolloutEngine
 
-PROMPTS = [[1, 5, 6, 7], [1, 8], [1, 9, 9, 4, 3, 3, 10]]
-"""Ragged: the shorter prompts are left-padded, so the attention mask matters."""
+from .conftest import PROMPTS, family_model
+
 EQUAL = [[1, 5, 6, 7], [1, 8, 2, 3], [4, 4, 4, 4]]
 """No padding: the prefill is plainly causal and decode steps attend to every slot."""
-SIZES: dict[str, Any] = {
-    "vocab_size": 20,
-    "hidden_size": 32,
-    "intermediate_size": 48,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,  # grouped-query attention
-    "max_position_embeddings": 64,
-}
-LLAMA3_ROPE = {
-    "rope_type": "llama3",
-    "rope_theta": 10000.0,
-    "factor": 8.0,
-    "low_freq_factor": 1.0,
-    "high_freq_factor": 4.0,
-    "original_max_position_embeddings": 16,
-}
-
-
-def _model(family: str) -> torch.nn.Module:
-    """A random float64 model of ``family``: biased QKV, GQA with llama3 rope, q/k norms."""
-    torch.manual_seed(0)
-    if family == "qwen2":
-        model: torch.nn.Module = Qwen2ForCausalLM(Qwen2Config(**SIZES))
-    elif family == "llama":
-        model = LlamaForCausalLM(LlamaConfig(**SIZES, rope_parameters=LLAMA3_ROPE))
-    else:
-        model = Qwen3ForCausalLM(Qwen3Config(**SIZES, head_dim=16))
-    return model.double().eval()
 
 
 @pytest.mark.parametrize("prompts", [PROMPTS, EQUAL], ids=["ragged", "equal"])
@@ -68,7 +30,7 @@ def test_decode_equals_a_fresh_forward(family: str, prompts: list[list[int]]) ->
         config = GPT2Config(vocab_size=20, n_embd=32, n_layer=2, n_head=2)
         model: torch.nn.Module = GPT2LMHeadModel(config).double().eval()
     else:
-        model = _model(family)
+        model = family_model(family)
     ids, mask = left_pad(prompts, 0)
     group, steps = 3, 6
     rows = torch.arange(len(prompts) * group)
@@ -101,7 +63,7 @@ def test_a_sharded_model_decodes_as_the_unsharded_one(cpu_mesh: Any) -> None:
     from jackpot.packing import packing_refusal
     from jackpot.training.sharding import shard_models
 
-    model = _model("qwen2").eval()
+    model = family_model("qwen2").eval()
     ids, mask = left_pad(PROMPTS, 0)
     with torch.no_grad():
         expected = Decode(model, ids, mask, 2, 3).logits
@@ -139,5 +101,5 @@ def test_the_cache_goes_under_the_name_the_forward_takes() -> None:
             """A forward from before the rename."""
 
     assert cache_kwarg(Older()) == "past_key_values"
-    model = _model("qwen2")
+    model = family_model("qwen2")
     assert cache_kwarg(model) in inspect.signature(model.forward).parameters

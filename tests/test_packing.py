@@ -13,7 +13,7 @@ from jackpot.packing import pack, pack_rows, packed_logits, packing_refusal, row
 from jackpot.rollout.batch import left_pad
 from jackpot.step import forward_logits
 
-from .test_decode import PROMPTS, SIZES, _model
+from .conftest import PROMPTS, SIZES, family_model
 
 RESPONSE_LENGTHS = [5, 1, 3]
 """Ragged responses (right-padded to 5): the longest row is not the longest prompt's."""
@@ -53,7 +53,7 @@ def test_packed_forward_equals_the_padded_forward(
     model's sdpa and eager attention. The padded reference runs sdpa (transformers' eager kernel
     turns fully masked left-padding rows into NaN in float64), and eager takes its softmax in
     float32, so there the values agree to float32 round-off."""
-    model = _model(family).train()
+    model = family_model(family).train()
     if checkpointed:
         enable_activation_checkpointing(model)
         assert all(layer.gradient_checkpointing for layer in model.model.layers)
@@ -77,7 +77,7 @@ def test_packed_forward_equals_the_padded_forward(
 def test_one_token_rows_no_padding_and_one_row() -> None:
     """Rows whose real length is one token, a batch without any padding, and the single row a
     varlen kernel gets."""
-    model = _model("qwen2")
+    model = family_model("qwen2")
     ids = torch.tensor([[3, 4, 5], [6, 7, 8]])
     for mask in (torch.tensor([[0, 1, 1], [0, 1, 0]]), torch.ones_like(ids)):
         plain = forward_logits(model, ids, mask, 2, 1.0)
