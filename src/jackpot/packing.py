@@ -8,9 +8,10 @@ varlen path for flash-attention), so no token attends across sequences and the v
 the padded forward's. Only the hidden states that predict a response token reach the output
 layer.
 
-Rows are as wide as the padded batch, so a row's attention never costs more than a padded
-row's; models whose attention kernel is varlen flash-attention take every sequence in one
-row, the only layout transformers detects as packed for them.
+A row's attention is dense over the row, so rows are as wide as keeps the batch's attention
+work at the padded batch's (:func:`row_capacity`); models whose attention kernel is varlen
+flash-attention take every sequence in one row, the only layout transformers detects as
+packed for them.
 """
 
 from __future__ import annotations
