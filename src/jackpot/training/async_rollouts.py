@@ -197,7 +197,8 @@ class AsyncRollouts:
         return [{"step": s, "batch": batch_state(self.ready[s])} for s in steps]
 
     def close(self) -> None:
-        """Stop the worker (a stuck one is terminated) and release the queues; idempotent."""
+        """Stop the worker (asked first, then terminated, then killed) and release the
+        queues; idempotent."""
         if self.closed:
             return
         self.closed = True
@@ -227,10 +228,11 @@ class AsyncRollouts:
                         f"({_cause(self.process.exitcode)}) while the trainer waited for {what}"
                     )
                 if time.perf_counter() - quiet >= self.timeout:
+                    self.process.kill()
                     self._fail(
                         f"the rollout worker (pid {self.pid}) sent nothing in "
                         f"rollout.worker_timeout_s={self.timeout:g} s while the trainer waited "
-                        f"for {what} (it is alive but stuck; stopped it)"
+                        f"for {what} (it is alive but stuck; killed it)"
                     )
         return time.perf_counter() - start
 
