@@ -26,6 +26,7 @@ from jackpot.module import JackpotModule
 from jackpot.rollout.batch import RolloutBatch
 from jackpot.rollout.engine import SamplingParams
 from jackpot.rollout.worker import batch_from_state, batch_state, pack, unpack, weight_version
+from jackpot.training import async_rollouts
 from jackpot.training.async_rollouts import restored_rollouts, shared_copy
 from jackpot.training.checkpoints import CheckpointError, latest_valid_checkpoint
 from jackpot.training.csv_logger import read_metrics
@@ -198,15 +199,15 @@ def test_k0_builds_no_worker_and_a_worker_at_k0_reproduces_it(
 
 
 def test_two_async_runs_agree_and_follow_the_schedule(
-    tmp_path: Path, warmstart_cache: Path
+    tmp_path: Path, warmstart_cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """On-policy, k = 2: step s trains on rollouts of the policy after update max(s - 2, 0),
-    so p_inf (the stale policy) differs from the trained one once it has moved."""
-    runs = [
-        read_metrics(run(_config(tmp_path / n, warmstart_cache, ON_POLICY, 2)).metrics_csv)
-        for n in ("a", "b")
-    ]
-    first, second = runs
+    so p_inf (the stale policy) differs from the trained one once it has moved. The second
+    run's worker is spawned (as on a GPU) instead of forked from the fork server."""
+    first = read_metrics(run(_config(tmp_path / "a", warmstart_cache, ON_POLICY, 2)).metrics_csv)
+    spawn = multiprocessing.get_context("spawn")
+    monkeypatch.setattr(async_rollouts, "worker_context", lambda on_gpu: spawn)
+    second = read_metrics(run(_config(tmp_path / "b", warmstart_cache, ON_POLICY, 2)).metrics_csv)
     assert [r["async/staleness"] for r in first] == [0.0, 1.0, 2.0, 2.0]
     assert [r["async/staleness_max"] for r in first] == [0.0, 1.0, 2.0, 2.0]
     assert first[0]["mismatch/kl_k3"] < 1e-6 < max(r["mismatch/kl_k3"] for r in first[1:])

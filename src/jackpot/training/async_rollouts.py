@@ -91,11 +91,12 @@ def _cause(exitcode: int | None) -> str:
     return f"exit code {exitcode}"
 
 
-def worker_context() -> Any:
-    """Where worker processes start: a fork server with the worker module imported (a fresh
-    interpreter, as ``spawn``: no threads, CUDA state or memory of the trainer are inherited;
-    started once per trainer process, so later workers start at once), else ``spawn``."""
-    if "forkserver" not in mp.get_all_start_methods():
+def worker_context(on_gpu: bool) -> Any:
+    """Where the worker process starts. On a CPU: a fork server with the worker module
+    imported (a fresh interpreter, as ``spawn``: no threads or memory of the trainer are
+    inherited; started once per trainer process, so later workers start at once). With a GPU,
+    or where there is no fork server: ``spawn`` (nothing CUDA-related is ever forked)."""
+    if on_gpu or "forkserver" not in mp.get_all_start_methods():
         return mp.get_context("spawn")
     context = mp.get_context("forkserver")
     context.set_forkserver_preload([run_worker.__module__])
@@ -148,7 +149,7 @@ class AsyncRollouts:
             num_threads=r.num_threads or cfg.trainer.num_threads,
             parent_pid=os.getpid(),
         )
-        context = worker_context()
+        context = worker_context(on_gpu=r.devices is not None)
         self.control: Any = context.Queue()
         self.results: Any = context.Queue()
         self.process = context.Process(
