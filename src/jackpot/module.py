@@ -232,13 +232,12 @@ class JackpotModule(L.LightningModule):
             checkpoint["jackpot"]["async_rollouts"] = pending
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore the controller and the skip counter."""
+        """Restore the controller, the skip counter and an asynchronous run's rollouts."""
         state = checkpoint.get("jackpot", {})
         self.nonfinite_streak = int(state.get("nonfinite_streak", 0))
         if self.controller is not None and state.get("controller"):
             self.controller.load_state_dict(state["controller"])
-        if uses_worker(self.cfg):
-            self.restored_rollouts = restored_rollouts(state, self.cfg, "the checkpoint")
+        self.restored_rollouts = restored_rollouts(state, self.cfg, "the checkpoint")
 
     def on_train_start(self) -> None:
         """Start the rollout worker of an asynchronous run at the step it starts or resumes
