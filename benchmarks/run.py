@@ -1,12 +1,14 @@
 """``python -m benchmarks.run [--quick] [--out DIR] [--threads N] [--old-src DIR] [--trl]``.
 
-Runs the normaliser, sampler-overhead, end-to-end, memory and rollout-decode sections (each
-measurement in fresh subprocesses), checks the performance targets, and writes ``bench.json``
-(every figure, machine facts) and ``bench.md`` (tables, ratios against the same run's
-baselines) to ``--out``, and the memory section's ``memory.json`` / ``memory.md`` beside
-them. ``--trl`` then runs :mod:`benchmarks.trl_compare` (TRL's GRPOTrainer vs
-``jackpot.fit``, and the decoupled step vs on-policy; ``trl`` must be installed, as
-``nox -s bench`` does) into ``trl_compare.json`` / ``trl_compare.md``.
+Runs the normaliser, sampler-overhead, end-to-end, memory, asynchronous-rollout and
+rollout-decode sections (each measurement in fresh subprocesses), checks the performance
+targets, and writes ``bench.json`` (every figure, machine facts) and ``bench.md`` (tables,
+ratios against the same run's baselines) to ``--out``, the memory section's ``memory.json`` /
+``memory.md`` beside them and the asynchronous-rollout section's ``async_rollouts.json`` /
+``async_rollouts.md`` in ``--out``/async (its runs set their own thread counts). ``--trl``
+then runs :mod:`benchmarks.trl_compare` (TRL's GRPOTrainer vs ``jackpot.fit``, and the
+decoupled step vs on-policy; ``trl`` must be installed, as ``nox -s bench`` does) into
+``trl_compare.json`` / ``trl_compare.md``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import decode, e2e, memory, normalizer, overhead, trl_compare
+from benchmarks import async_rollouts, decode, e2e, memory, normalizer, overhead, trl_compare
 from benchmarks.common import ROOT, machine_info
 from benchmarks.report import render, targets
 
@@ -35,6 +37,7 @@ FULL: dict[str, dict[str, Any]] = {
         "runs": 2,
     },
     "memory": memory.FULL,
+    "async": async_rollouts.FULL,
     "decode": {
         "points": [
             {"hidden": 128, "layers": 2, "prompts": 8, "group": 8, "tokens": 16},
@@ -57,6 +60,7 @@ QUICK: dict[str, dict[str, Any]] = {
         "runs": 1,
     },
     "memory": memory.QUICK,
+    "async": async_rollouts.QUICK,
     "decode": {
         "points": [{"hidden": 32, "layers": 1, "prompts": 2, "group": 2, "tokens": 4}],
         "repeats": 2,
@@ -74,6 +78,7 @@ def run_all(sizes: dict[str, dict[str, Any]], quick: bool) -> dict[str, Any]:
         ("overhead", overhead),
         ("e2e", e2e),
         ("memory", memory),
+        ("async", async_rollouts),
         ("decode", decode),
     )
     for name, section in sections:
@@ -112,10 +117,12 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "bench.md").write_text(render(results))
     command = "python -m benchmarks.run" + (" --quick" if args.quick else "")
     memory.write({**results["memory"], "machine": results["machine"], "command": command}, args.out)
+    extra = {"machine": results["machine"], "command": command}
+    async_rollouts.write({**results["async"], **extra}, args.out / "async")
     for t in results["targets"]:
         status = {None: "n/a", True: "met", False: "missed"}[t["met"]]
         print(f"[bench] {t['target']}: {status} ({t['measured']})")
-    print(f"[bench] wrote bench.json, bench.md, memory.json and memory.md to {args.out}")
+    print(f"[bench] wrote bench.json, bench.md, memory.json, memory.md and async/ to {args.out}")
     if args.trl:
         trl_python = os.environ.get("TRL_PYTHON", sys.executable)
         work = ROOT / "runs" / "trl_compare"

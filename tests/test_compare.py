@@ -343,3 +343,23 @@ def test_the_ablation_switches_one_ingredient_at_a_time() -> None:
     new = runs["jackpot_new_lam"].sampler
     assert (new.p_target, new.lam, new.budget) == ("new", 0.4, None)
     assert len(cfg.seeds) >= 5
+
+
+def test_the_async_grid_splits_the_cores_of_its_asynchronous_runs() -> None:
+    """k = 0 takes the grid's threads; k >= 1 gives the trainer and the worker one each."""
+    import os
+
+    from jackpot.config import load_config
+    from jackpot.experiments.compare import run_overrides
+
+    cfg = load_compare_config(ROOT / "configs" / "compare_async.yaml")
+    assert cfg.jobs == 1 and cfg.paired_against == ["tis_k0", "jackpot_k0"]
+    for name, m in cfg.methods.items():
+        run = load_config(
+            ROOT / "configs" / m.config, run_overrides(cfg, name, 0), check_paths=False
+        )
+        k = int(name[-1]) if name != "on_policy" else 0
+        assert run.rollout.max_staleness == k, name
+        assert run.trainer.num_threads == (1 if k else os.cpu_count()), name
+        assert run.rollout.num_threads == (1 if k else None), name
+        assert run.algo.train_rollout or name == "on_policy", name  # its weights move

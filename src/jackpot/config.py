@@ -209,6 +209,19 @@ class RolloutConfig:
     (``pip install jackpot[vllm]``: real models on GPUs); both record the same ``p_inf``."""
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
     """Options of the vLLM engine; ignored when ``engine=hf``."""
+    max_staleness: int = field(default=0, metadata=rng(0))
+    """Asynchronous rollouts: a worker process samples the rollouts of step ``s`` from the
+    weights after update ``s - k`` while the trainer updates on earlier steps (rollout and
+    update overlap; the sampler corrects the ``k`` steps of lag). 0 = synchronous, no worker."""
+    num_threads: int | None = field(default=None, metadata=rng(1))
+    """torch CPU threads of the rollout worker (``max_staleness`` >= 1), beside the trainer's
+    ``trainer.num_threads``; None = ``trainer.num_threads`` (torch's default when unset)."""
+    devices: list[int] | None = None
+    """The GPU the rollout worker samples on (``max_staleness`` >= 1 with a GPU trainer), as a
+    one-element list of a CUDA index, e.g. ``[1]``; None = the worker runs on the CPU."""
+    worker_timeout_s: float = field(default=600.0, metadata=rng(0, low_open=True))
+    """Longest the trainer waits for one batch or weight hand-over of the rollout worker before
+    it stops the run (a hung worker); a dead worker stops it at once."""
 
 
 @dataclass
@@ -451,6 +464,7 @@ def validate(
         check_paths_exist(cfg)
     if check_devices:
         _validate_devices(cfg.trainer)
+        _validate_rollout_devices(cfg.rollout)
     return cfg
 
 
@@ -500,6 +514,7 @@ def _validate_relations(cfg: JackpotConfig) -> None:
     if not 0 < low <= high:
         raise ConfigError(f"algo.distill_coef_bounds={[low, high]} must satisfy 0 < low <= high")
     _validate_rollout_files(cfg)
+    _validate_async(cfg)
     if cfg.rollout.engine == "vllm" and cfg.trainer.devices != 1:
         raise ConfigError(
             f"rollout.engine='vllm' is not allowed with trainer.devices={cfg.trainer.devices}; "
@@ -541,6 +556,60 @@ def _validate_strategy(cfg: JackpotConfig) -> None:
         raise ConfigError(
             "rollout.files is not allowed with trainer.strategy=fsdp (ranks' shares of a file "
             "may differ in size, and sharded forwards must run in step); choose ddp"
+        )
+
+
+def _validate_async(cfg: JackpotConfig) -> None:
+    """Asynchronous rollouts (``rollout.max_staleness`` >= 1) run one worker beside one
+    training process, generating with an engine of their own; refuse what that excludes."""
+    r, t, k = cfg.rollout, cfg.trainer, cfg.rollout.max_staleness
+    if not k:
+        return
+    key = f"rollout.max_staleness={k}"
+    world = t.devices * t.num_nodes
+    if world > 1:
+        raise ConfigError(
+            f"{key} is not allowed with {world} training processes (trainer.devices="
+            f"{t.devices}, trainer.num_nodes={t.num_nodes}); allowed: one process "
+            "(trainer.devices=1, trainer.num_nodes=1), or rollout.max_staleness=0"
+        )
+    if t.strategy not in ("auto", "ddp"):
+        raise ConfigError(
+            f"trainer.strategy={t.strategy!r} is not allowed with {key}; choose one of "
+            "['auto', 'ddp'] (the worker copies unsharded weights), or rollout.max_staleness=0"
+        )
+    if r.files is not None:
+        raise ConfigError(
+            f"rollout.files={r.files!r} is not allowed with {key}: nothing is generated; "
+            "set rollout.max_staleness=0"
+        )
+    if r.engine == "vllm" and r.vllm.tensor_parallel_size != 1:
+        raise ConfigError(
+            f"rollout.vllm.tensor_parallel_size={r.vllm.tensor_parallel_size} is not allowed "
+            f"with {key}; allowed: 1 (the worker runs one engine on one device)"
+        )
+    on_gpu = t.accelerator in ("gpu", "cuda")
+    if r.devices is not None and (len(r.devices) != 1 or min(r.devices) < 0):
+        raise ConfigError(
+            f"rollout.devices={list(r.devices)} is not allowed; give one CUDA index, e.g. [1]"
+        )
+    if r.devices is not None and not on_gpu:
+        raise ConfigError(
+            f"rollout.devices={list(r.devices)} needs trainer.accelerator='gpu', got "
+            f"{t.accelerator!r}; on a CPU leave rollout.devices null"
+        )
+    if r.devices is None and on_gpu:
+        raise ConfigError(
+            f"{key} with trainer.accelerator={t.accelerator!r} needs rollout.devices, the "
+            "worker's GPU (e.g. [1])"
+        )
+    trains = cfg.algo.mode == "decoupled" and cfg.algo.train_rollout
+    if trains and "logits" in cfg.sampler.build().needs():
+        raise ConfigError(
+            f"sampler.name={cfg.sampler.name!r} needs the full p_inf, rescored by the trainer's "
+            f"rollout model, which with {key} and algo.train_rollout=true is newer than the "
+            "weights that sampled; set sampler.topk=k (obrs, the recorded top-k of p_inf), "
+            "algo.train_rollout=false, or rollout.max_staleness=0"
         )
 
 
@@ -743,6 +812,21 @@ def _validate_devices(trainer: TrainerConfig) -> None:
         raise ConfigError(
             f"trainer.devices={trainer.devices} exceeds the {available} available "
             f"{trainer.accelerator} device(s)"
+        )
+
+
+def _validate_rollout_devices(rollout: RolloutConfig) -> None:
+    """The rollout worker's GPU exists."""
+    if rollout.devices is None or not rollout.max_staleness:
+        return
+    import torch
+
+    available = torch.cuda.device_count()
+    if max(rollout.devices) >= available:
+        allowed = f"indices 0 to {available - 1}" if available else "none: no GPU is visible"
+        raise ConfigError(
+            f"rollout.devices={list(rollout.devices)} names a GPU this machine does not have; "
+            f"allowed: {allowed}"
         )
 
 

@@ -227,7 +227,10 @@ def run(cfg: Any) -> RunResult:
         num_sanity_val_steps=0,
         default_root_dir=str(run_dir),
     )
-    trainer.fit(module, ckpt_path=str(ckpt) if ckpt else None)
+    try:
+        trainer.fit(module, ckpt_path=str(ckpt) if ckpt else None)
+    finally:  # an error or Ctrl-C too: no rollout worker outlives the run
+        module.stop_rollout_worker()
     metrics_csv = run_dir / "metrics.csv"
     plot = None
     if cfg.run.plot and trainer.is_global_zero:
@@ -336,8 +339,9 @@ DEBUG_ENV = "JACKPOT_DEBUG"
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m jackpot.fit") -> int:
-    """CLI entry: 0 on success; 2 on a bad config or input, 1 when training stopped on NaN,
-    each with one line on stderr (the traceback too with ``--debug`` or ``JACKPOT_DEBUG=1``)."""
+    """CLI entry: 0 on success; 2 on a bad config or input, 1 when training stopped (on NaN,
+    or by a failed rollout worker), each with one line on stderr (the traceback too with
+    ``--debug`` or ``JACKPOT_DEBUG=1``)."""
     from jackpot.config import load_config, to_yaml
 
     args = parser(prog).parse_intermixed_args(argv)
@@ -373,7 +377,8 @@ class _Refusal(NamedTuple):
     """How the CLI reports an error that is the user's to fix."""
 
     code: int
-    """Exit code: 2 for a bad config or input, 1 for a run stopped on non-finite updates."""
+    """Exit code: 2 for a bad config or input, 1 for a run stopped on non-finite updates or
+    by its rollout worker."""
     label: str
     """Word after the program name: ``config error``, ``error`` or ``stopped``."""
     resumable: bool
@@ -391,6 +396,7 @@ def _refusal(exc: Exception) -> _Refusal | None:
     from jackpot.rollout.batch import RolloutFormatError
     from jackpot.tasks.datasets import DatasetFormatError
     from jackpot.tasks.rewards import RewardError
+    from jackpot.training.async_rollouts import RolloutWorkerError
     from jackpot.training.checkpoints import CheckpointError
 
     inputs = (DatasetFormatError, ModelLoadError, RewardError, RolloutFormatError)
@@ -402,6 +408,8 @@ def _refusal(exc: Exception) -> _Refusal | None:
         return _Refusal(2, "error", resumable=True)
     if isinstance(exc, NonFiniteError):
         return _Refusal(1, "stopped", resumable=False)
+    if isinstance(exc, RolloutWorkerError):
+        return _Refusal(1, "stopped", resumable=True)
     return None
 
 

@@ -83,12 +83,21 @@ def rollout_stats(
 
 
 def timing_stats(
-    rollout_tokens: int, rollout_s: float, train_tokens: int, train_s: float
+    rollout_tokens: int,
+    rollout_s: float,
+    train_tokens: int,
+    train_s: float,
+    generate_s: float | None = None,
 ) -> dict[str, float]:
-    """Throughputs and the share of the step spent rolling out."""
+    """Throughputs and the share of the step spent rolling out.
+
+    ``generate_s``: seconds the engine took to sample the rollouts when that is not the
+    step's ``rollout_s`` (a rollout worker sampled them while the trainer waited ``rollout_s``).
+    """
     tiny = 1e-9
+    sampling_s = rollout_s if generate_s is None else generate_s
     return {
-        "perf/rollout_tokens_per_s": rollout_tokens / max(rollout_s, tiny),
+        "perf/rollout_tokens_per_s": rollout_tokens / max(sampling_s, tiny),
         "perf/train_tokens_per_s": train_tokens / max(train_s, tiny),
         "perf/rollout_share": rollout_s / max(rollout_s + train_s, tiny),
         "perf/step_s": rollout_s + train_s,

@@ -37,10 +37,11 @@ from jackpot.metrics import (
     timing_stats,
 )
 from jackpot.packing import packing_refusal
-from jackpot.rollout.batch import RolloutBatch, concat_rollouts
+from jackpot.rollout.batch import RolloutBatch
 from jackpot.rollout.engine import RolloutEngine
 from jackpot.rollout.factory import build_engine, sampling_params
 from jackpot.rollout.files import load_step_rollouts, resolve_rollout_files
+from jackpot.rollout.generation import generate, step_rollout
 from jackpot.rollout.sampling import sampling_logprobs
 from jackpot.samplers.base import Sampler, SamplerOutput
 from jackpot.step import (
@@ -55,7 +56,6 @@ from jackpot.step import (
     micro_batches,
     minibatch_denominators,
     minibatch_indices,
-    prompt_indices,
     run_sampler,
     seeded_generator,
     step_tensors,
@@ -63,6 +63,7 @@ from jackpot.step import (
     token_logp,
 )
 from jackpot.tasks.synthetic import Example
+from jackpot.training.async_rollouts import AsyncRollouts, restored_rollouts, uses_worker
 from jackpot.training.sharding import clip_grad_norm, is_sharded, shard_models
 
 __all__ = ["JackpotModule", "NonFiniteError"]
@@ -149,6 +150,10 @@ class JackpotModule(L.LightningModule):
         at its first forward, after the strategy has wrapped it)."""
         self.engines: dict[str, RolloutEngine] = {}
         """One rollout engine per model for the whole run (``policy``, ``rollout_model``)."""
+        self.rollout_worker: AsyncRollouts | None = None
+        """The asynchronous rollout worker (``rollout.max_staleness`` >= 1), while training."""
+        self.restored_rollouts: list[Any] = []
+        """A resumed asynchronous run's rollouts sampled before its checkpoint."""
         self.rollout_files: list[Path] | None = (
             None if cfg.rollout.files is None else resolve_rollout_files(cfg.rollout.files)
         )
@@ -223,13 +228,45 @@ class JackpotModule(L.LightningModule):
             "nonfinite_streak": self.nonfinite_streak,
             "controller": None if self.controller is None else self.controller.state_dict(),
         }
+        if self.rollout_worker is not None:
+            pending = self.rollout_worker.pending_state(self.current_epoch + 1)
+            checkpoint["jackpot"]["async_rollouts"] = pending
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore the controller and the skip counter."""
+        """Restore the controller, the skip counter and an asynchronous run's rollouts."""
         state = checkpoint.get("jackpot", {})
         self.nonfinite_streak = int(state.get("nonfinite_streak", 0))
         if self.controller is not None and state.get("controller"):
             self.controller.load_state_dict(state["controller"])
+        self.restored_rollouts = restored_rollouts(state, self.cfg, "the checkpoint")
+
+    def on_train_start(self) -> None:
+        """Start the rollout worker of an asynchronous run at the step it starts or resumes
+        from (the models hold that version's weights by now)."""
+        if uses_worker(self.cfg):
+            name = "policy" if self.cfg.algo.mode == "on_policy" else "rollout_model"
+            self.rollout_worker = AsyncRollouts(
+                self.cfg,
+                self._rollout_source(),
+                self.tokenizer,
+                self.train_examples,
+                self.sampling,
+                first_step=self.current_epoch,
+                restored=self.restored_rollouts,
+                sends_weights=self.cfg.algo.mode == "on_policy" or self.train_rollout,
+                work_dir=Path(self.cfg.run.dir) / "engines" / f"{name}-worker",
+            )
+            self.restored_rollouts = []
+
+    def on_train_end(self) -> None:
+        """Stop the rollout worker once training is over."""
+        self.stop_rollout_worker()
+
+    def stop_rollout_worker(self) -> None:
+        """Stop the rollout worker, if one runs (also after an error or Ctrl-C)."""
+        if self.rollout_worker is not None:
+            self.rollout_worker.close()
+            self.rollout_worker = None
 
     # ------------------------------------------------------------------ the RL iteration
 
@@ -530,8 +567,13 @@ class JackpotModule(L.LightningModule):
     # ------------------------------------------------------------------ helpers
 
     def _rollout(self, step: int) -> RolloutBatch:
-        """Sample this step's prompts and roll them out, or read this step's rollout file."""
+        """This step's rollouts: from the asynchronous rollout worker, from this step's rollout
+        file, or sampled here from this step's prompts."""
         cfg = self.cfg
+        if self.rollout_worker is not None:
+            batch, stats = self.rollout_worker.rollout(step, self._rollout_source())
+            self.tracker.update(stats)
+            return batch.to(self.device)
         if self.rollout_files is not None:
             needs = self.sampler.needs()
             return load_step_rollouts(
@@ -543,47 +585,24 @@ class JackpotModule(L.LightningModule):
                 rank=self.global_rank,
                 world=self.trainer.world_size,
             ).to(self.device)
-        idx = prompt_indices(
-            len(self.train_examples),
+        return step_rollout(
+            self._engine(),
+            self.tokenizer,
+            self.train_examples,
             step,
-            cfg.rollout.prompts_per_step,
-            cfg.run.seed,
-            self.global_rank,
-            self.trainer.world_size,
+            seed=cfg.run.seed,
+            prompts_per_step=cfg.rollout.prompts_per_step,
+            group=cfg.rollout.group_size,
+            params=self.sampling,
+            batch_limit=cfg.rollout.generation_batch_size,
+            rank=self.global_rank,
+            world=self.trainer.world_size,
+            device=self.device,
         )
-        examples = [self.train_examples[i] for i in idx]
-        return self._generate(self._engine(), examples, cfg.rollout.group_size, step, stream=0)
 
-    def _generate(
-        self,
-        engine: RolloutEngine,
-        examples: list[Example],
-        group: int,
-        step: int,
-        stream: int,
-        calls_for: int = 0,
-    ) -> RolloutBatch:
-        """Roll out ``group`` responses per example, ``generation_batch_size`` rows per call.
-
-        ``calls_for``: make at least as many engine calls as this many examples would (a sharded
-        model's ranks must decode in step); the extra calls' rollouts come last and are dropped.
-        """
-        gen = seeded_generator(self.cfg.run.seed, step, self.global_rank, stream, self.device)
-        ids = [self.tokenizer.encode(e.prompt) for e in examples]
-        limit = self.cfg.rollout.generation_batch_size
-        per_call = len(ids) if limit is None else max(limit // group, 1)  # whole groups
-        chunks = [
-            engine.generate(ids[i : i + per_call], group, self.sampling, gen)
-            for i in range(0, len(ids), per_call)
-        ]
-        extra = 0 if limit is None else math.ceil(calls_for / per_call) - len(chunks)
-        for _ in range(extra):
-            engine.generate(ids[-1:], group, self.sampling, gen)
-        batch = chunks[0] if len(chunks) == 1 else concat_rollouts(chunks)
-        return batch.with_texts(
-            prompts=[e.prompt for e in examples for _ in range(group)],
-            answers=[e.answer for e in examples for _ in range(group)],
-        )
+    def _rollout_source(self) -> nn.Module:
+        """The model that rolls out: the policy on-policy, else the rollout model."""
+        return self.policy if self.cfg.algo.mode == "on_policy" else self._rollout_net()
 
     def _engine(self, policy: bool = False) -> RolloutEngine:
         """The policy's engine (on-policy runs, evaluation) or the rollout model's, built on
@@ -719,7 +738,10 @@ class JackpotModule(L.LightningModule):
         self.tracker.update(
             rollout_stats(rewards, rollout.group_ids, rollout.response_mask, rollout.finished)
         )
-        self.tracker.update(timing_stats(rollout.num_tokens, t_rollout, n_tokens, t_train))
+        generate_s = rollout.metadata.get("generate_s")  # sampled by the rollout worker
+        self.tracker.update(
+            timing_stats(rollout.num_tokens, t_rollout, n_tokens, t_train, generate_s)
+        )
         self.tracker.update(device_memory_stats(self.device))
         if self.train_rollout:
             self.tracker.update({"distill/coef": self._distill_coef()})
@@ -758,12 +780,14 @@ class JackpotModule(L.LightningModule):
         world = self.trainer.world_size
         examples = self.eval_examples[self.global_rank :: world]
         longest = math.ceil(len(self.eval_examples) / world) if is_sharded(self.policy) else 0
-        batch = self._generate(
+        batch = generate(
             self._engine(policy=True),
+            self.tokenizer,
             examples,
             self.cfg.trainer.eval_samples,
-            step,
-            stream=2,
+            self.sampling,
+            seeded_generator(self.cfg.run.seed, step, self.global_rank, 2, self.device),
+            self.cfg.rollout.generation_batch_size,
             calls_for=longest,
         )
         rewards = torch.as_tensor(

@@ -85,7 +85,8 @@ class CompareConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     """``run.seed`` of each repetition (rollouts, acceptance draws, prompt order)."""
     jobs: int = 2
-    """Runs in parallel; each gets ``cores // jobs`` torch threads."""
+    """Runs in parallel; each gets ``cores // jobs`` torch threads (unless its method sets
+    ``trainer.num_threads``)."""
     overrides: list[str] = field(default_factory=list)
     """Dotted overrides applied to every run (the shared setting)."""
     methods: dict[str, MethodConfig] = field(default_factory=dict)
@@ -186,15 +187,18 @@ def run_dir(cfg: CompareConfig, method: str, seed: int) -> Path:
 
 
 def run_overrides(cfg: CompareConfig, method: str, seed: int) -> list[str]:
-    """Shared overrides, then the method's, then seed, run dir and thread count."""
+    """Shared overrides, then the method's, then seed, run dir and thread count (unless the
+    method sets ``trainer.num_threads`` itself: an asynchronous run splits its cores between
+    the trainer and the rollout worker)."""
+    given = [*cfg.overrides, *cfg.methods[method].overrides]
     threads = max((os.cpu_count() or 1) // cfg.jobs, 1)
+    own = any(o.startswith("trainer.num_threads=") for o in given)
     return [
-        *cfg.overrides,
-        *cfg.methods[method].overrides,
+        *given,
         f"run.seed={seed}",
         f"run.dir={run_dir(cfg, method, seed)}",
         "run.plot=false",
-        f"trainer.num_threads={threads}",
+        *([] if own else [f"trainer.num_threads={threads}"]),
     ]
 
 

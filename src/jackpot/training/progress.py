@@ -1,4 +1,5 @@
-"""A Lightning progress bar over RL steps that shows reward, acceptance and mismatch KL."""
+"""A Lightning progress bar over RL steps that shows reward, acceptance, mismatch KL and,
+with asynchronous rollouts, their staleness."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ _SHOWN = {
     "obrs/accept_rate": "accept",
     "mismatch/kl_k3": "kl",
     "mismatch/kl_k3_after": "kl_after",
+    "async/staleness": "stale",
 }
 
 
