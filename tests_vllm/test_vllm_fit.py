@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -103,6 +104,41 @@ def test_on_policy_fit_samples_from_the_current_policy(tmp_path: Path) -> None:
     assert all(abs(row["mismatch/kl_k3"]) < 1e-6 for row in rows)
     start = load_file(run_dir / "engines" / "policy-rank0" / "model.safetensors")
     end = torch.load(run_dir / "checkpoints" / "step-000003.ckpt", weights_only=False)
+    key = "model.embed_tokens.weight"
+    moved = (end["state_dict"][f"policy.{key}"] - start[key]).abs().max()
+    assert float(moved) > 1e-3, "the policy did not change: the KL check would prove nothing"
+
+
+def test_a_rollout_worker_with_vllm_samples_from_the_current_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The asynchronous worker builds its own vLLM engine and reloads each weight version:
+    forced to k = 0 (the worker samples step s from the weights after update s), on-policy,
+    the recorded p_inf is the trained policy's at every step while the policy moves."""
+    import jackpot.module
+    from jackpot.config import load_config
+    from jackpot.fit import run
+
+    monkeypatch.setattr(jackpot.module, "uses_worker", lambda cfg: True)
+    overrides = [
+        f"run.dir={tmp_path / 'run'}",
+        f"warmstart.cache_dir={tmp_path / 'warmstart'}",
+        *TINY,
+        "trainer.eval_every=0",  # no vLLM engine in this process: the worker's only
+        "rollout.num_threads=1",
+        "policy_optim.lr=0.05",
+        "policy_optim.weight_decay=1.0",
+    ]
+    rows = read_metrics(
+        run(load_config(ROOT / "configs" / "on_policy.yaml", overrides)).metrics_csv
+    )
+    assert [r["async/staleness"] for r in rows] == [0.0, 0.0, 0.0]
+    assert all(abs(row["mismatch/kl_k3"]) < 1e-6 for row in rows)
+    assert all(row["perf/weight_sync_s"] >= 0 for row in rows)
+    engines = tmp_path / "run" / "engines"
+    assert sorted(p.name for p in engines.iterdir()) == ["policy-worker"]
+    start = load_file(engines / "policy-worker" / "model.safetensors")  # version 0
+    end = torch.load(tmp_path / "run" / "checkpoints" / "step-000003.ckpt", weights_only=False)
     key = "model.embed_tokens.weight"
     moved = (end["state_dict"][f"policy.{key}"] - start[key]).abs().max()
     assert float(moved) > 1e-3, "the policy did not change: the KL check would prove nothing"

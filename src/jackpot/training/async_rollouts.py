@@ -119,8 +119,9 @@ class AsyncRollouts:
         work_dir: Path,
     ) -> None:
         """Start the worker at ``first_step`` (the trainer's weights are version
-        ``first_step``); ``restored``: a checkpoint's pending batches (steps from
-        ``first_step`` on)."""
+        ``first_step``) and wait until it holds them, so that its start-up, like the
+        trainer's, is not counted in a step; ``restored``: a checkpoint's pending batches
+        (steps from ``first_step`` on)."""
         r = cfg.rollout
         self.max_staleness = r.max_staleness
         self.timeout = r.worker_timeout_s
@@ -158,8 +159,9 @@ class AsyncRollouts:
             name="jackpot-rollout-worker",
             daemon=True,
         )
-        self.process.start()
         self.closed = False
+        self.process.start()
+        self._wait(lambda: self.taken >= first_step, "it to start")
 
     @property
     def pid(self) -> int | None:
@@ -172,7 +174,8 @@ class AsyncRollouts:
         waited = synced = 0.0
         if step > self.published:
             if self.sends_weights:  # overwrite the shared copy only once the worker has ours
-                waited += self._wait(lambda: self.taken >= step - 1, f"version {step - 1}")
+                taken = f"it to copy weight version {step - 1}"
+                waited += self._wait(lambda: self.taken >= step - 1, taken)
                 start = time.perf_counter()
                 copy_weights(self.shared, model)
                 synced = time.perf_counter() - start
