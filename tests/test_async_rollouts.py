@@ -113,13 +113,19 @@ def test_a_batch_survives_the_queue_and_a_checkpoint(tmp_path: Path) -> None:
         assert other.prompts == batch.prompts and torch.equal(other.topk_logp, batch.topk_logp)
 
 
-def test_the_shared_copy_is_a_frozen_copy_in_shared_memory() -> None:
-    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+def test_the_shared_copy_is_a_copy_in_shared_memory_with_the_same_grad_flags() -> None:
+    """The flags matter: torch's matmul folds a 3-D input by them (a prefill's last position
+    through the head differed by 6e-8 when the copy's parameters did not require grad)."""
+    model = torch.nn.Sequential(
+        torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2), torch.nn.Linear(2, 2)
+    )
+    model[2].requires_grad_(False)
     copy = shared_copy(model)
     for mine, theirs in zip(model.state_dict().values(), copy.state_dict().values(), strict=True):
         assert torch.equal(mine, theirs) and theirs.is_shared()
         assert mine.data_ptr() != theirs.data_ptr()
-    assert not any(p.requires_grad for p in copy.parameters())
+    flags = [p.requires_grad for p in copy.parameters()]
+    assert flags == [p.requires_grad for p in model.parameters()] == [True] * 4 + [False] * 2
 
 
 def test_a_checkpoint_of_another_staleness_is_refused(tmp_path: Path) -> None:

@@ -61,11 +61,16 @@ def uses_worker(cfg: JackpotConfig) -> bool:
 
 
 def shared_copy(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` whose parameters and buffers are frozen CPU tensors in shared
-    memory (a GPU model is copied tensor by tensor, never whole on its device)."""
+    """A copy of ``model`` whose parameters and buffers are CPU tensors in shared memory (a GPU
+    model is copied tensor by tensor, never whole on its device).
+
+    Parameters keep ``model``'s ``requires_grad`` flags although nothing trains them: torch's
+    matmul picks its kernel by them, so only then does the worker's copy sample bit for bit
+    what the synchronous path would.
+    """
     memo: dict[int, Any] = {}
     for p in model.parameters():
-        memo[id(p)] = nn.Parameter(p.detach().to("cpu", copy=True), requires_grad=False)
+        memo[id(p)] = nn.Parameter(p.detach().to("cpu", copy=True), requires_grad=p.requires_grad)
     for b in model.buffers():
         memo[id(b)] = b.detach().to("cpu", copy=True)
     return copy.deepcopy(model, memo).share_memory()
