@@ -244,16 +244,16 @@ class JackpotModule(L.LightningModule):
         """Start the rollout worker of an asynchronous run at the step it starts or resumes
         from (the models hold that version's weights by now)."""
         if uses_worker(self.cfg):
-            name = "policy" if self.cfg.algo.mode == "on_policy" else "rollout_model"
+            name, model = self._sampling_model()
             self.rollout_worker = AsyncRollouts(
                 self.cfg,
-                self._rollout_source(),
+                model,
                 self.tokenizer,
                 self.train_examples,
                 self.sampling,
                 first_step=self.current_epoch,
                 restored=self.restored_rollouts,
-                sends_weights=self.cfg.algo.mode == "on_policy" or self.train_rollout,
+                sends_weights=self._trains(name),
                 work_dir=Path(self.cfg.run.dir) / "engines" / f"{name}-worker",
             )
             self.restored_rollouts = []
@@ -571,7 +571,7 @@ class JackpotModule(L.LightningModule):
         file, or sampled here from this step's prompts."""
         cfg = self.cfg
         if self.rollout_worker is not None:
-            batch, stats = self.rollout_worker.rollout(step, self._rollout_source())
+            batch, stats = self.rollout_worker.rollout(step, self._sampling_model()[1])
             self.tracker.update(stats)
             return batch.to(self.device)
         if self.rollout_files is not None:
@@ -600,23 +600,28 @@ class JackpotModule(L.LightningModule):
             device=self.device,
         )
 
-    def _rollout_source(self) -> nn.Module:
-        """The model that rolls out: the policy on-policy, else the rollout model."""
-        return self.policy if self.cfg.algo.mode == "on_policy" else self._rollout_net()
+    def _sampling_model(self, policy: bool = False) -> tuple[str, nn.Module]:
+        """``(name, model)`` of the model that samples: the policy when ``policy`` (evaluation)
+        or on-policy, else the rollout model."""
+        if policy or self.cfg.algo.mode == "on_policy":
+            return "policy", self.policy
+        return "rollout_model", self._rollout_net()
+
+    def _trains(self, name: str) -> bool:
+        """Whether the sampling model ``name`` changes during the run (its weights must move)."""
+        return name == "policy" or self.train_rollout
 
     def _engine(self, policy: bool = False) -> RolloutEngine:
         """The policy's engine (on-policy runs, evaluation) or the rollout model's, built on
         first use and given the model's current weights when that model trains."""
-        use_policy = policy or self.cfg.algo.mode == "on_policy"
-        name = "policy" if use_policy else "rollout_model"
-        model = self.policy if use_policy else self._rollout_net()
+        name, model = self._sampling_model(policy)
         if name not in self.engines:
             work_dir = Path(self.cfg.run.dir) / "engines" / f"{name}-rank{self.global_rank}"
             self.engines[name] = build_engine(
                 self.cfg.rollout, model, self.tokenizer.pad_token_id, work_dir
             )
         engine = self.engines[name]
-        if use_policy or self.train_rollout:
+        if self._trains(name):
             start = time.perf_counter()
             engine.sync_weights(model)
             self.tracker.update({"perf/weight_sync_s": time.perf_counter() - start})
